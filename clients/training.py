@@ -1,0 +1,135 @@
+"""Local training and evaluation: plain PyTorch, no Flower imports."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedsim.config import ClientConfig, LossConfig
+
+Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def make_objective(cfg: LossConfig, generator: torch.Generator | None = None) -> Objective:
+    """The per-batch local objective selected by ``[client.loss]``.
+
+    Plain cross-entropy takes PyTorch's fused kernel; every other combination goes
+    through :func:`clients.losses.objective`.
+    """
+    plain = (
+        cfg.name == "ce" or (cfg.name == "comp-sum" and cfg.tau == 1.0)
+    ) and cfg.margin_lambda == 0 and cfg.adv_nu == 0
+    if plain:
+        return lambda model, x, y: F.cross_entropy(model(x), y)
+    from clients.losses import objective
+
+    spec = loss_spec(cfg)
+    return lambda model, x, y: objective(model, x, y, spec, generator=generator)
+
+
+def loss_spec(cfg: LossConfig):  # -> clients.losses.LossSpec
+    """Translate the scenario's loss table into :class:`clients.losses.LossSpec`."""
+    from clients.losses import LossSpec
+
+    return LossSpec(
+        name=cfg.name,
+        tau=cfg.tau,
+        q=cfg.q,
+        margin_lambda=cfg.margin_lambda,
+        margin_mode=cfg.margin_mode,
+        adv_nu=cfg.adv_nu,
+        adv_radius=cfg.adv_radius,
+        adv_steps=cfg.adv_steps,
+        adv_step_size=cfg.adv_step_size,
+        adv_norm=cfg.adv_norm,
+    )
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    num_examples: int
+    mean_loss: float
+
+
+def train(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: ClientConfig,
+    generator: torch.Generator,
+    proximal_mu: float = 0.0,
+) -> TrainResult:
+    """Run ``cfg.epochs`` epochs of mini-batch training in place.
+
+    With ``proximal_mu > 0`` the FedProx term µ/2‖w − w_global‖² is added, ``w_global``
+    being the weights the model holds on entry.
+    """
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else None
+    if cfg.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    else:
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    objective = make_objective(cfg.loss, generator)
+    n = len(y)
+    total, seen = 0.0, 0
+    for _ in range(cfg.epochs):
+        order = torch.randperm(n, generator=generator, device="cpu").to(x.device)
+        for start in range(0, n, cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            loss = objective(model, x[idx], y[idx])
+            if anchor is not None:
+                loss = loss + proximal_term(params, anchor, proximal_mu)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+    return TrainResult(num_examples=n, mean_loss=total / max(seen, 1))
+
+
+def proximal_term(params: list[torch.Tensor], anchor: list[torch.Tensor], mu: float) -> torch.Tensor:
+    """FedProx: µ/2 Σ‖w − w_global‖²."""
+    return 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    num_examples: int
+    loss: float
+    accuracy: float
+    counts: np.ndarray  # int64 [z, y, y_hat]
+    robust_accuracy: float | None = None
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    z: np.ndarray,
+    num_groups: int,
+    num_classes: int,
+) -> EvalResult:
+    """Loss, accuracy and the (sensitive value, label, prediction) count table."""
+    counts = np.zeros((num_groups, num_classes, num_classes), dtype=np.int64)
+    if len(y) == 0:
+        return EvalResult(0, 0.0, 0.0, counts)
+    logits = predict(model, x)
+    loss = float(F.cross_entropy(logits, y))
+    pred = logits.argmax(1)
+    np.add.at(counts, (z, y.cpu().numpy(), pred.cpu().numpy()), 1)
+    return EvalResult(len(y), loss, float((pred == y).float().mean()), counts)

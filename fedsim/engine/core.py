@@ -1,0 +1,183 @@
+"""The round loop every engine shares: Flower's ``Strategy.start`` over some ``Grid``.
+
+Engines differ only in the Grid they hand over (in process, a Ray actor pool, or
+Flower's own runtime grid inside the ServerApp). This module builds the strategy
+stack from the scenario, runs it, and collects what happened into long-form rows
+``(round, client, metric, value)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from clients import keys
+from clients.models import build_model
+from fedsim.config import Scenario
+from fedsim.data import FederatedData
+from strategies.registry import build_strategy
+from strategies.screening import RoundRecord, Screened
+
+log = logging.getLogger(__name__)
+
+Row = tuple[int, str, str, float]
+RoundHook = Callable[[int, ArrayRecord, "RunRecorder"], None]
+
+
+@dataclass
+class RunRecorder:
+    """Collects per-round metrics as long-form rows."""
+
+    rows: list[Row] = field(default_factory=list)
+    extra_state: dict[str, Any] = field(default_factory=dict)
+
+    def on_phase(self, record: RoundRecord) -> None:
+        r, phase = record.server_round, record.phase
+        prefix = "train-" if phase == "train" else "eval-"
+        for key, value in (record.aggregated or {}).items():
+            if isinstance(value, int | float):
+                name = f"{prefix}{key}" if key in record.counts else key
+                self.rows.append((r, "server", name, float(value)))
+        for msg in record.replies:
+            metrics = next(iter(msg.content.metric_records.values()))
+            client = str(metrics.get(keys.PARTITION_ID, msg.metadata.src_node_id))
+            for key, value in metrics.items():
+                if key not in keys.PER_CLIENT and isinstance(value, int | float):
+                    name = keys.NUM_EXAMPLES + f"-{phase}" if key == keys.NUM_EXAMPLES else key
+                    self.rows.append((r, client, name, float(value)))
+
+    def add(self, server_round: int, client: str, metric: str, value: float) -> None:
+        self.rows.append((server_round, client, metric, float(value)))
+
+    def latest(self) -> dict[str, float]:
+        """The newest server-level value of every metric."""
+        out: dict[str, float] = {}
+        for _, client, metric, value in self.rows:
+            if client == "server":
+                out[metric] = value
+        return out
+
+
+def initial_arrays(scenario: Scenario, data: FederatedData) -> ArrayRecord:
+    """The global model's starting weights, drawn from the scenario seed."""
+    raw = data.raw
+    model = build_model(
+        scenario.model.name, raw.input_shape, raw.num_classes, scenario.model.hidden, scenario.seed
+    )
+    return ArrayRecord(model.state_dict())
+
+
+def build_stack(
+    scenario: Scenario, data: FederatedData, recorder: RunRecorder
+) -> tuple[Screened, Strategy]:
+    """The scenario's strategy, wrapped for fairness accounting and reply screening."""
+    inner = build_strategy(scenario.strategy, data.num_clients)
+    core: Strategy = inner
+    if scenario.fairness.enabled:
+        from strategies.fairness_accounting import FairnessAccounting
+
+        core = FairnessAccounting(inner, recorder=recorder, pid=scenario.fairness.pid)
+    return Screened(core, on_phase=recorder.on_phase), inner
+
+
+@dataclass
+class Execution:
+    """Outcome of :func:`execute`."""
+
+    arrays: ArrayRecord
+    recorder: RunRecorder
+    wall_time: float
+    strategy: Strategy
+
+
+def execute(
+    scenario: Scenario,
+    data: FederatedData,
+    grid: Grid,
+    *,
+    start_round: int = 0,
+    arrays: ArrayRecord | None = None,
+    recorder: RunRecorder | None = None,
+    stack: tuple[Screened, Strategy] | None = None,
+    on_round: RoundHook | None = None,
+) -> Execution:
+    """Run ``scenario.rounds − start_round`` rounds of the strategy over ``grid``.
+
+    ``on_round(round, arrays, recorder)`` runs after every round (progress bars,
+    checkpoints). Flower's node sampling uses Python's global ``random`` module, so it
+    is seeded here from the scenario seed (and the round to resume from).
+    """
+    recorder = recorder or RunRecorder()
+    outer, inner = stack or build_stack(scenario, data, recorder)
+    arrays = arrays if arrays is not None else initial_arrays(scenario, data)
+    random.seed(f"{scenario.seed}:{start_round}")
+    t0 = time.perf_counter()
+
+    def after_round(server_round: int, current: ArrayRecord) -> MetricRecord | None:
+        if server_round > 0 and on_round is not None:
+            on_round(start_round + server_round, current, recorder)
+        return None
+
+    offset = _RoundOffset(outer, start_round)
+    with flower_log_level():
+        result = offset.start(
+            grid=grid,
+            initial_arrays=arrays,
+            num_rounds=scenario.rounds - start_round,
+            train_config=ConfigRecord(),
+            evaluate_fn=after_round,
+        )
+    final = result.arrays if result.arrays is not None and len(result.arrays) else arrays
+    return Execution(final, recorder, time.perf_counter() - t0, inner)
+
+
+@contextlib.contextmanager
+def flower_log_level() -> Iterator[None]:
+    """Flower logs every message at INFO; fedsim reports rounds itself.
+
+    ``FEDSIM_FLOWER_LOG=INFO`` (or any level name) shows Flower's own log again.
+    """
+    logger = logging.getLogger("flwr")
+    saved = logger.level
+    logger.setLevel(os.environ.get("FEDSIM_FLOWER_LOG", "WARNING").upper())
+    try:
+        yield
+    finally:
+        logger.setLevel(saved)
+
+
+class _RoundOffset(Strategy):
+    """Shift round numbers by ``offset`` so that a resumed run continues its count."""
+
+    def __init__(self, inner: Strategy, offset: int) -> None:
+        self.inner, self.offset = inner, offset
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def configure_train(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
+        return self.inner.configure_train(server_round + self.offset, arrays, config, grid)
+
+    def aggregate_train(self, server_round, replies):  # type: ignore[no-untyped-def]
+        return self.inner.aggregate_train(server_round + self.offset, replies)
+
+    def configure_evaluate(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
+        return self.inner.configure_evaluate(server_round + self.offset, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round, replies):  # type: ignore[no-untyped-def]
+        return self.inner.aggregate_evaluate(server_round + self.offset, replies)
+
+
+def is_finite_number(value: float) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)

@@ -1,0 +1,160 @@
+"""The Python API: ``fedsim.run(scenario) -> RunResult`` (the CLI calls the same code)."""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedsim import results
+from fedsim.config import Scenario, build, load_scenario
+from fedsim.errors import ConfigError
+
+ProgressFn = Callable[[int, int, Mapping[str, float]], None]
+
+
+@dataclass(frozen=True, eq=False)
+class RunResult:
+    """What a run produced."""
+
+    scenario: Scenario
+    metrics: pd.DataFrame  # long form: round, client, metric, value
+    summary: dict[str, Any]
+    arrays: dict[str, np.ndarray]  # final global weights
+    out_dir: Path | None = None
+
+    def server_metrics(self) -> pd.DataFrame:
+        """Server-level metrics, one row per round and one column per metric."""
+        frame = self.metrics[self.metrics.client == "server"]
+        return frame.pivot_table(index="round", columns="metric", values="value")
+
+
+def resolve(
+    scenario: Scenario | str | Path | Mapping[str, Any],
+    overrides: Mapping[str, Any] | None = None,
+    engine: str | None = None,
+) -> Scenario:
+    """A validated scenario from a file, a mapping or a Scenario, plus overrides."""
+    if isinstance(scenario, Scenario):
+        scenario = scenario.to_dict()
+    sc = load_scenario(scenario, overrides)
+    if engine is not None:
+        sc = build(Scenario, {**sc.to_dict(), "engine": engine}, "")
+    return sc
+
+
+def run(
+    scenario: Scenario | str | Path | Mapping[str, Any],
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    out: str | Path | None = None,
+    engine: str | None = None,
+    data_dir: str | Path | None = None,
+    progress: ProgressFn | None = None,
+) -> RunResult:
+    """Run a scenario and (with ``out``) write its results folder.
+
+    Parameters
+    ----------
+    scenario
+        A scenario file, a parsed mapping or a :class:`~fedsim.config.Scenario`.
+    overrides
+        ``{"key.path": value}`` applied before validation (as ``--set``).
+    out
+        Results folder; nothing is written without it.
+    engine
+        Overrides the scenario's engine: ``local``, ``ray`` or ``flower``.
+    data_dir
+        Dataset folder (default ``FEDSIM_DATA_DIR`` or the user cache).
+    progress
+        ``progress(round, num_rounds, latest_server_metrics)`` after every round.
+
+    Raises
+    ------
+    fedsim.errors.FedsimError
+        For invalid scenarios, missing data and other problems the user can fix.
+    """
+    sc = resolve(scenario, overrides, engine)
+    run_config = {"scenario": sc.to_toml(), "data-dir": str(data_dir or "")}
+    t0 = time.perf_counter()
+
+    def on_round(server_round: int, arrays: Any, recorder: Any) -> None:
+        if progress is not None:
+            progress(server_round, sc.rounds, recorder.latest())
+
+    execution = _engine(sc.engine)(sc, run_config, on_round=on_round)
+    wall = time.perf_counter() - t0
+    arrays = {k: np.asarray(v.numpy()) for k, v in execution.arrays.items()}
+    frame = results.metrics_frame(execution.recorder.rows)
+    summary = make_summary(sc, frame, wall, execution.wall_time)
+    out_dir = Path(out) if out is not None else None
+    if out_dir is not None:
+        results.write_run(out_dir, sc.to_toml(), frame, arrays, summary)
+    return RunResult(sc, frame, summary, arrays, out_dir)
+
+
+def _engine(name: str) -> Callable[..., Any]:
+    if name == "local":
+        from fedsim.engine.local import run_local
+
+        return run_local
+    if name == "ray":
+        from fedsim.engine.ray import run_ray
+
+        return run_ray
+    if name == "flower":
+        from fedsim.engine.flower import run_flower
+
+        return run_flower
+    raise ConfigError(f"engine: unknown engine {name!r} (expected local, ray or flower)")
+
+
+def make_summary(sc: Scenario, frame: pd.DataFrame, wall: float, loop: float) -> dict[str, Any]:
+    """Final and best server metrics, timings and versions."""
+    import flwr
+    import torch
+
+    import fedsim
+
+    server = frame[frame.client == "server"]
+    final: dict[str, float] = {}
+    if len(server):
+        last = server[server["round"] == server["round"].max()]
+        final = {str(m): float(v) for m, v in zip(last.metric, last.value, strict=True)}
+    best: dict[str, Any] = {}
+    acc = server[server.metric == "eval-acc"]
+    if len(acc):
+        i = acc.value.idxmax()
+        best = {"eval-acc": float(acc.value[i]), "round": int(acc["round"][i])}
+    failed = server[server.metric.str.endswith("failed-replies")].value.sum()
+    return {
+        "scenario": sc.name,
+        "engine": sc.engine,
+        "seed": sc.seed,
+        "rounds": int(server["round"].max()) if len(server) else 0,
+        "num_clients": sc.partition.num_clients,
+        "strategy": sc.strategy.name,
+        "dataset": sc.data.dataset,
+        "final": final,
+        "best": best,
+        "failed_replies_total": int(failed),
+        "wall_time_s": round(wall, 4),
+        "round_loop_time_s": round(loop, 4),
+        "versions": {
+            "fedsim": fedsim.__version__,
+            "flwr": flwr.__version__ if hasattr(flwr, "__version__") else "",
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+        },
+    }
+
+
+def with_engine(sc: Scenario, engine: str) -> Scenario:
+    return replace(sc, engine=engine)  # type: ignore[arg-type]

@@ -1,0 +1,45 @@
+"""Record helpers shared by fedsim's strategies (pure functions over Flower records)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
+
+from clients import keys
+
+
+def aggregate_scalar_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
+    """Weighted mean of scalar metrics, skipping per-client keys and lists.
+
+    Flower's default aggregator would also average the per-client count tables and
+    partition ids, which has no meaning; fedsim keeps those per client instead.
+    """
+    sums: dict[str, float] = {}
+    total = 0.0
+    for record in records:
+        metrics = next(iter(record.metric_records.values()))
+        w = float(metrics[weight_key])  # type: ignore[arg-type]
+        total += w
+        for key, value in metrics.items():
+            if key == weight_key or key in keys.PER_CLIENT or isinstance(value, list):
+                continue
+            sums[key] = sums.get(key, 0.0) + w * float(value)
+    out = MetricRecord({k: (v / total if total > 0 else math.nan) for k, v in sums.items()})
+    out[weight_key] = int(total)
+    return out
+
+
+def array_signature(record: ArrayRecord) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Key → (shape, dtype) of every array in a record."""
+    return {k: (tuple(a.shape), str(a.dtype)) for k, a in record.items()}
+
+
+def all_finite(record: ArrayRecord) -> bool:
+    """True when no array holds NaN or ±Inf."""
+    for arr in record.values():
+        values = arr.numpy()
+        if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+            return False
+    return True
