@@ -76,19 +76,23 @@ def run(
         TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
         TextColumn("{task.description}"), console=console, disable=quiet, transient=False,
     )  # fmt: skip
-    with progress:
-        task = progress.add_task("", total=None)
+    task = progress.add_task("", total=None)
 
-        def report(done: int, total: int, latest: Mapping[str, float]) -> None:
-            shown = ("eval-acc", "eval-loss", "train-loss", "global-disparity")
-            text = "  ".join(f"{k}={latest[k]:.4f}" for k in shown if k in latest)
-            progress.update(task, completed=done, total=total, description=text)
+    def report(done: int, total: int, latest: Mapping[str, float]) -> None:
+        if not progress.live.is_started:  # shown from the first round: errors stay one line
+            progress.start()
+        shown = ("eval-acc", "eval-loss", "train-loss", "global-disparity")
+        text = "  ".join(f"{k}={latest[k]:.4f}" for k in shown if k in latest)
+        progress.update(task, completed=done, total=total, description=text)
 
-        kwargs = dict(out=out, engine=engine, data_dir=data_dir, progress=report)
+    kwargs = dict(out=out, engine=engine, data_dir=data_dir, progress=report)
+    try:
         if resume is not None:
             result = fedsim.resume(resume, overrides=overrides, **kwargs)
         else:
             result = fedsim.run(scenario, overrides, **kwargs)
+    finally:
+        progress.stop()
     final = result.summary.get("final", {})
     acc = final.get("eval-acc")
     acc_text = f"final eval-acc {acc:.4f}" if acc is not None else "no evaluation"

@@ -105,7 +105,7 @@ class StrategyConfig:
     name: str = "fedavg"
     fraction_train: float = field(default=1.0, metadata=_range(0.0, 1.0, lo_open=True))
     fraction_evaluate: float = field(default=1.0, metadata=_range(0.0, 1.0))
-    options: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}))
 
 
 @dataclass(frozen=True)

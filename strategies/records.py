@@ -31,9 +31,13 @@ def aggregate_scalar_metrics(records: list[RecordDict], weight_key: str) -> Metr
     return out
 
 
-def array_signature(record: ArrayRecord) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Key → (shape, dtype) of every array in a record."""
-    return {k: (tuple(a.shape), str(a.dtype)) for k, a in record.items()}
+def array_signature(record: ArrayRecord) -> dict[str, tuple[int, ...]]:
+    """Key → shape of every array in a record.
+
+    Dtypes are not compared: server optimisers (FedAdam, FedYogi...) send float64
+    arrays that clients load into float32 models and return as float32.
+    """
+    return {k: tuple(a.shape) for k, a in record.items()}
 
 
 def all_finite(record: ArrayRecord) -> bool:

@@ -41,7 +41,9 @@ _MANAGED = {
     "fraction_train", "fraction_evaluate", "min_train_nodes", "min_evaluate_nodes",
     "min_available_nodes", "train_metrics_aggr_fn", "evaluate_metrics_aggr_fn",
     "weighted_by_key", "arrayrecord_key", "configrecord_key",
-}  # fmt: skip
+}
+# Options fedsim fills from the scenario but a scenario may still set.
+_DEFAULTED = {"client_learning_rate", "train_loss_key"}  # fmt: skip
 
 
 def register(name: str, target: str) -> None:
@@ -58,8 +60,11 @@ def strategy_class(name: str) -> type[Strategy]:
     return getattr(importlib.import_module(module), attr)
 
 
-def build_strategy(cfg: StrategyConfig, num_nodes: int) -> Strategy:
+def build_strategy(cfg: StrategyConfig, num_nodes: int, client_lr: float | None = None) -> Strategy:
     """Instantiate the scenario's strategy.
+
+    ``client_lr`` fills options that mirror the clients' learning rate (QFedAvg's
+    ``client_learning_rate``) unless the scenario sets them.
 
     Raises
     ------
@@ -70,7 +75,7 @@ def build_strategy(cfg: StrategyConfig, num_nodes: int) -> Strategy:
     params = _parameters(cls)
     options = dict(cfg.options)
     for key, value in options.items():
-        if key in _MANAGED or key not in params:
+        if (key in _MANAGED and key not in _DEFAULTED) or key not in params:
             accepted = sorted(set(params) - _MANAGED)
             raise ConfigError(
                 f"strategy.options.{key}: not an option of {cfg.name} "
@@ -86,7 +91,10 @@ def build_strategy(cfg: StrategyConfig, num_nodes: int) -> Strategy:
         "train_metrics_aggr_fn": aggregate_scalar_metrics,
         "evaluate_metrics_aggr_fn": aggregate_scalar_metrics,
     }
-    kwargs = {k: v for k, v in kwargs.items() if k in params}
+    kwargs["train_loss_key"] = keys.TRAIN_LOSS  # QFedAvg reads the clients' training loss
+    if client_lr is not None:
+        kwargs["client_learning_rate"] = client_lr
+    kwargs = {k: v for k, v in kwargs.items() if k in params and k not in options}
     try:
         return cls(**kwargs, **options)
     except (TypeError, ValueError) as exc:

@@ -54,7 +54,7 @@ class Screened(Strategy):
     def __init__(self, inner: Strategy, on_phase: Callable[[RoundRecord], None] | None = None):
         self.inner = inner
         self.on_phase = on_phase or (lambda record: None)
-        self._sent: dict[str, tuple[tuple[int, ...], str]] = {}
+        self._sent: dict[str, tuple[int, ...]] = {}
 
     def summary(self) -> None:
         self.inner.summary()

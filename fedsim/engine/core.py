@@ -82,7 +82,7 @@ def build_stack(
     scenario: Scenario, data: FederatedData, recorder: RunRecorder
 ) -> tuple[Screened, Strategy]:
     """The scenario's strategy, wrapped for fairness accounting and reply screening."""
-    inner = build_strategy(scenario.strategy, data.num_clients)
+    inner = build_strategy(scenario.strategy, data.num_clients, scenario.client.lr)
     core: Strategy = inner
     if scenario.fairness.enabled:
         from strategies.fairness_accounting import FairnessAccounting

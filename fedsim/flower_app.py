@@ -1,0 +1,85 @@
+"""fedsim as a Flower App: the ServerApp and ClientApp that ``flwr run .`` starts.
+
+``pyproject.toml`` points Flower at ``server_app`` and ``client_app`` below. The
+ServerApp runs the very round loop of fedsim's own engines
+(:func:`fedsim.engine.core.execute`) over the Grid that Flower's runtime hands it,
+so a scenario moves between fedsim's engines, Flower's simulation runtime and real
+SuperNodes unchanged.
+
+Run config keys (``[tool.flwr.app.config]``):
+
+``scenario``
+    A scenario file (relative to the project) or the scenario's TOML text.
+``data-dir``
+    Dataset folder; empty: ``FEDSIM_DATA_DIR`` or the user cache.
+``out-dir``
+    When not empty, a results folder (as ``fedsim run --out`` writes) is written
+    there at the end of the run. Give an absolute path: Flower starts the ServerApp
+    in a working directory of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from clients.app import client_app, get_runtime, scenario_from_run_config
+from fedsim import results
+from fedsim.config import Scenario
+from fedsim.engine.core import Execution, execute
+
+log = logging.getLogger(__name__)
+
+OUT_DIR = "out-dir"  # run config key
+# Safetensors stores arrays sorted by name; this file keeps the model's key order so
+# that an engine reading the folder back gets the ArrayRecord the ServerApp ended with.
+ARRAY_KEYS = "array-keys.json"
+
+server_app = ServerApp()
+
+__all__ = ["ARRAY_KEYS", "OUT_DIR", "client_app", "server_app", "write_results"]
+
+
+@server_app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run the scenario named by the run config over Flower's Grid."""
+    run_config = dict(context.run_config)
+    scenario = replace(scenario_from_run_config(run_config), engine="flower")
+    runtime = get_runtime(run_config)  # data metadata: node count, model shapes
+    t0 = time.perf_counter()
+    execution = execute(scenario, runtime.data, grid)
+    out_dir = str(run_config.get(OUT_DIR, "") or "")
+    if out_dir:
+        write_results(Path(out_dir), scenario, execution, time.perf_counter() - t0)
+        log.info("results written to %s", out_dir)
+
+
+def write_results(out_dir: Path, scenario: Scenario, execution: Execution, wall: float) -> None:
+    """Write a results folder for a run that :func:`execute` completed.
+
+    Parameters
+    ----------
+    out_dir
+        The results folder (created if missing).
+    scenario
+        The scenario that ran.
+    execution
+        What :func:`~fedsim.engine.core.execute` returned.
+    wall
+        Seconds the run took, for the summary.
+    """
+    from fedsim.runner import make_summary  # the runner imports engines lazily
+
+    arrays = {k: v.numpy() for k, v in execution.arrays.items()}
+    frame = results.metrics_frame(execution.recorder.rows)
+    summary = make_summary(scenario, frame, wall, execution.wall_time)
+    keys = json.dumps(list(arrays)).encode("utf-8")
+    results.write_run(
+        out_dir, scenario.to_toml(), frame, arrays, summary, extra_files={ARRAY_KEYS: keys}
+    )

@@ -1,0 +1,86 @@
+"""The CLI: user errors are one line on stderr with exit code 2, and nothing is written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedsim.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    out, err = capsys.readouterr()
+    return int(exc.value.code or 0), out, err
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("rounds = 'x'\n", "rounds: expected an integer"),
+        ("[client]\nlr = -3\n", "client.lr: expected a value > 0.0"),
+        ("colour = 'red'\n", "colour: unknown key"),
+        ("rounds = [\n", "invalid TOML"),
+        ("[strategy]\nname = 'fedfoo'\n", "unknown strategy 'fedfoo'"),
+        ("[strategy]\nname = 'fedprox'\noptions = {mu = 1}\n", "strategy.options.mu: not an option"),
+        ("[strategy]\nname = 'fedprox'\noptions = {proximal_mu = 'x'}\n", "expects float"),
+        ("[data]\ndataset = 'adult'\nsensitive = 'height'\n", "no sensitive attribute 'height'"),
+    ],
+)
+def test_bad_scenarios_give_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, fragment: str
+) -> None:
+    scenario = tmp_path / "bad.toml"
+    scenario.write_text(content)
+    out_dir = tmp_path / "out"
+    code, _, err = _run_main(["run", str(scenario), "--out", str(out_dir), "-q"], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fedsim: error: ")
+    assert fragment in lines[0]
+    assert not out_dir.exists()
+
+
+def test_bad_set_and_engine(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run_main(["run", "scenarios/default.toml", "--set", "rounds", "-q"], capsys)
+    assert code == 2 and "key.path=value" in err
+    code, _, err = _run_main(["run", "scenarios/default.toml", "--engine", "spark", "-q"], capsys)
+    assert code == 2 and "--engine" in err
+    code, _, err = _run_main(["run", "--bogus"], capsys)
+    assert code == 2 and err.startswith("fedsim: error: ") and len(err.strip().splitlines()) == 1
+
+
+def test_missing_data_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_network: None
+) -> None:
+    out_dir = tmp_path / "out"
+    argv = ["run", str(REPO / "scenarios/adult.toml"), "--data-dir", str(tmp_path), "--out", str(out_dir), "-q"]
+    code, _, err = _run_main(argv, capsys)
+    assert code == 2 and "adult/adult.data" in err and "download" in err
+    assert not out_dir.exists()
+
+
+def test_list(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run_main(["list"], capsys)
+    assert code == 0
+    for word in ("adult", "fashion-mnist", "dirichlet-label", "fedavg", "fedld", "cnn"):
+        assert word in out
+
+
+def test_installed_entry_point_reports_without_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b"\x00\x01binary\xff")
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedsim.cli", "run", str(bad), "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, env={**os.environ}, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("fedsim: error:") and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()
