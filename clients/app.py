@@ -119,6 +119,7 @@ def handle_train(msg: Message, context: Context) -> Message:
         rt.model, x, y, sc.client,
         generator=_generator(sc.seed, 5, server_round, pid),
         proximal_mu=float(config.get(keys.PROXIMAL_MU, 0.0)),
+        input_range=(0.0, 1.0) if rt.data.raw.kind == "image" else None,
     )  # fmt: skip
     state = {k: v.detach().cpu() for k, v in rt.model.state_dict().items()}
     state = corrupt_state(state, incoming, plan, sc.faults)

@@ -15,24 +15,31 @@ from fedsim.config import ClientConfig, LossConfig
 Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def make_objective(cfg: LossConfig, generator: torch.Generator | None = None) -> Objective:
+def make_objective(
+    cfg: LossConfig,
+    generator: torch.Generator | None = None,
+    input_range: tuple[float, float] | None = None,
+) -> Objective:
     """The per-batch local objective selected by ``[client.loss]``.
 
     Plain cross-entropy takes PyTorch's fused kernel; every other combination goes
-    through :func:`clients.losses.objective`.
+    through :func:`clients.losses.objective`. ``input_range`` bounds adversarial
+    inputs ((0, 1) for images; ``None`` for standardised tabular features).
     """
     plain = (
-        cfg.name == "ce" or (cfg.name == "comp-sum" and cfg.tau == 1.0)
-    ) and cfg.margin_lambda == 0 and cfg.adv_nu == 0
+        (cfg.name == "ce" or (cfg.name == "comp-sum" and cfg.tau == 1.0))
+        and cfg.margin_lambda == 0
+        and cfg.adv_nu == 0
+    )
     if plain:
         return lambda model, x, y: F.cross_entropy(model(x), y)
     from clients.losses import objective
 
-    spec = loss_spec(cfg)
+    spec = loss_spec(cfg, input_range)
     return lambda model, x, y: objective(model, x, y, spec, generator=generator)
 
 
-def loss_spec(cfg: LossConfig):  # -> clients.losses.LossSpec
+def loss_spec(cfg: LossConfig, input_range: tuple[float, float] | None = None):  # -> LossSpec
     """Translate the scenario's loss table into :class:`clients.losses.LossSpec`."""
     from clients.losses import LossSpec
 
@@ -47,6 +54,7 @@ def loss_spec(cfg: LossConfig):  # -> clients.losses.LossSpec
         adv_steps=cfg.adv_steps,
         adv_step_size=cfg.adv_step_size,
         adv_norm=cfg.adv_norm,
+        adv_clamp=input_range,
     )
 
 
@@ -63,6 +71,7 @@ def train(
     cfg: ClientConfig,
     generator: torch.Generator,
     proximal_mu: float = 0.0,
+    input_range: tuple[float, float] | None = None,
 ) -> TrainResult:
     """Run ``cfg.epochs`` epochs of mini-batch training in place.
 
@@ -78,7 +87,7 @@ def train(
         )
     else:
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    objective = make_objective(cfg.loss, generator)
+    objective = make_objective(cfg.loss, generator, input_range)
     n = len(y)
     total, seen = 0.0, 0
     for _ in range(cfg.epochs):
@@ -96,7 +105,9 @@ def train(
     return TrainResult(num_examples=n, mean_loss=total / max(seen, 1))
 
 
-def proximal_term(params: list[torch.Tensor], anchor: list[torch.Tensor], mu: float) -> torch.Tensor:
+def proximal_term(
+    params: list[torch.Tensor], anchor: list[torch.Tensor], mu: float
+) -> torch.Tensor:
     """FedProx: µ/2 Σ‖w − w_global‖²."""
     return 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
 

@@ -33,7 +33,9 @@ SetOpt = Annotated[
 ]
 DataDirOpt = Annotated[
     Path | None,
-    typer.Option("--data-dir", help="Dataset folder (default: $FEDSIM_DATA_DIR or ~/.cache/fedsim)."),
+    typer.Option(
+        "--data-dir", help="Dataset folder (default: $FEDSIM_DATA_DIR or ~/.cache/fedsim)."
+    ),
 ]
 
 

@@ -51,9 +51,9 @@ class DataConfig:
 class PartitionConfig:
     """How the pooled data is spread over clients."""
 
-    method: Literal[
-        "iid", "dirichlet-label", "dirichlet-sensitive", "pathological", "quantity"
-    ] = "iid"
+    method: Literal["iid", "dirichlet-label", "dirichlet-sensitive", "pathological", "quantity"] = (
+        "iid"
+    )
     num_clients: int = field(default=10, metadata=_range(1, 100_000))
     alpha: float = field(default=0.5, metadata=_range(0.0, 1e6, lo_open=True))
     classes_per_client: int = field(default=2, metadata=_range(1, 10_000))

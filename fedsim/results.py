@@ -48,7 +48,9 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def metrics_frame(rows: Iterable[tuple[int, str, str, float]]) -> pd.DataFrame:
     frame = pd.DataFrame(list(rows), columns=COLUMNS)
-    return frame.astype({"round": "int64", "client": "string", "metric": "string", "value": "float64"})
+    return frame.astype(
+        {"round": "int64", "client": "string", "metric": "string", "value": "float64"}
+    )
 
 
 def frame_to_parquet_bytes(frame: pd.DataFrame) -> bytes:

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedsim import results
+from fedsim import checkpoint, results
 from fedsim.config import Scenario, build, load_scenario
+from fedsim.engine.core import RunRecorder, build_stack
 from fedsim.errors import ConfigError
 
 ProgressFn = Callable[[int, int, Mapping[str, float]], None]
@@ -57,6 +58,7 @@ def run(
     engine: str | None = None,
     data_dir: str | Path | None = None,
     progress: ProgressFn | None = None,
+    resume_from: str | Path | None = None,
 ) -> RunResult:
     """Run a scenario and (with ``out``) write its results folder.
 
@@ -74,6 +76,8 @@ def run(
         Dataset folder (default ``FEDSIM_DATA_DIR`` or the user cache).
     progress
         ``progress(round, num_rounds, latest_server_metrics)`` after every round.
+    resume_from
+        A run folder whose checkpoint to continue from (see :mod:`fedsim.checkpoint`).
 
     Raises
     ------
@@ -82,21 +86,67 @@ def run(
     """
     sc = resolve(scenario, overrides, engine)
     run_config = {"scenario": sc.to_toml(), "data-dir": str(data_dir or "")}
+    out_dir = Path(out) if out is not None else None
     t0 = time.perf_counter()
+    state = _prepare(sc, run_config, resume_from)
 
     def on_round(server_round: int, arrays: Any, recorder: Any) -> None:
+        if out_dir is not None:
+            checkpoint.save(
+                out_dir, server_round, arrays, state.stack[1], state.accountant,
+                recorder.rows, sc.to_toml(),
+            )  # fmt: skip
         if progress is not None:
             progress(server_round, sc.rounds, recorder.latest())
 
-    execution = _engine(sc.engine)(sc, run_config, on_round=on_round)
+    execution = _engine(sc.engine)(
+        sc, run_config, on_round=on_round, start_round=state.start_round,
+        arrays=state.arrays, recorder=state.recorder, stack=state.stack,
+    )  # fmt: skip
     wall = time.perf_counter() - t0
     arrays = {k: np.asarray(v.numpy()) for k, v in execution.arrays.items()}
     frame = results.metrics_frame(execution.recorder.rows)
     summary = make_summary(sc, frame, wall, execution.wall_time)
-    out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         results.write_run(out_dir, sc.to_toml(), frame, arrays, summary)
     return RunResult(sc, frame, summary, arrays, out_dir)
+
+
+@dataclass
+class _Start:
+    """Where a run starts: fresh, or from a checkpoint."""
+
+    recorder: RunRecorder
+    stack: tuple[Any, Any]
+    accountant: Any
+    start_round: int = 0
+    arrays: Any = None
+
+
+def _prepare(sc: Scenario, run_config: dict[str, str], resume_from: Path | None) -> _Start:
+    """Load the data (user errors surface here, before anything is written), build the
+    strategy stack and, when resuming, restore it from the checkpoint."""
+    from clients.app import get_runtime
+
+    data = get_runtime(run_config).data
+    recorder = RunRecorder()
+    stack = build_stack(sc, data, recorder)
+    outer, inner = stack
+    accountant = outer.inner if outer.inner is not inner else None
+    start = _Start(recorder, stack, accountant)
+    if resume_from is None:
+        return start
+    header, tensors = checkpoint.load(Path(resume_from))
+    checkpoint.restore_state(inner, checkpoint.split(tensors, "strategy/"), header["strategy"])
+    if accountant is not None:
+        checkpoint.restore_state(
+            accountant, checkpoint.split(tensors, "fairness/"), header["fairness"]
+        )
+    recorder.rows[:] = [(int(r), str(c), str(m), float(v)) for r, c, m, v in header["rows"]]
+    checkpoint.restore_random(header)
+    start.start_round = int(header["round"])
+    start.arrays = checkpoint.arrays_of(tensors)
+    return start
 
 
 def _engine(name: str) -> Callable[..., Any]:

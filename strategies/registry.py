@@ -38,9 +38,16 @@ REGISTRY: dict[str, str] = {
 
 # Set by fedsim from the scenario, not by [strategy.options].
 _MANAGED = {
-    "fraction_train", "fraction_evaluate", "min_train_nodes", "min_evaluate_nodes",
-    "min_available_nodes", "train_metrics_aggr_fn", "evaluate_metrics_aggr_fn",
-    "weighted_by_key", "arrayrecord_key", "configrecord_key",
+    "fraction_train",
+    "fraction_evaluate",
+    "min_train_nodes",
+    "min_evaluate_nodes",
+    "min_available_nodes",
+    "train_metrics_aggr_fn",
+    "evaluate_metrics_aggr_fn",
+    "weighted_by_key",
+    "arrayrecord_key",
+    "configrecord_key",
 }
 # Options fedsim fills from the scenario but a scenario may still set.
 _DEFAULTED = {"client_learning_rate", "train_loss_key"}  # fmt: skip

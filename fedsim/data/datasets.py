@@ -254,8 +254,14 @@ def load_adult(attr: str, root: Path | None) -> RawDataset:
     for spec, skip in zip(ADULT_FILES, (0, 1), strict=True):
         path = fetch(spec, root)
         frames.append(
-            _read_csv(path, header=None, names=ADULT_COLUMNS, skipinitialspace=True,
-                      na_values="?", skiprows=skip)  # fmt: skip
+            _read_csv(
+                path,
+                header=None,
+                names=ADULT_COLUMNS,
+                skipinitialspace=True,
+                na_values="?",
+                skiprows=skip,
+            )  # fmt: skip
         )
     df = pd.concat(frames, ignore_index=True).dropna()
     if len(df) < 1000:

@@ -93,9 +93,7 @@ def verify(spec: RemoteFile, path: Path) -> None:
         return
     actual = sha256_of(path, gunzip=spec.payload_gzip)
     if actual != spec.sha256:
-        raise DataError(
-            _corrupt(path, f"has SHA-256 {actual[:12]}…, expected {spec.sha256[:12]}…")
-        )
+        raise DataError(_corrupt(path, f"has SHA-256 {actual[:12]}…, expected {spec.sha256[:12]}…"))
     _verified[key] = True
 
 

@@ -73,8 +73,7 @@ def partition(
         ) from None
     if any(len(p) == 0 for p in parts):
         raise ConfigError(
-            f"partition ({method}): some clients got no rows; use fewer clients or a "
-            "larger alpha"
+            f"partition ({method}): some clients got no rows; use fewer clients or a larger alpha"
         )
     return parts
 

@@ -115,13 +115,14 @@ def execute(
     """Run ``scenario.rounds − start_round`` rounds of the strategy over ``grid``.
 
     ``on_round(round, arrays, recorder)`` runs after every round (progress bars,
-    checkpoints). Flower's node sampling uses Python's global ``random`` module, so it
-    is seeded here from the scenario seed (and the round to resume from).
+    checkpoints). Flower's node sampling uses Python's global ``random`` module, so a
+    fresh run seeds it here from the scenario seed.
     """
     recorder = recorder or RunRecorder()
     outer, inner = stack or build_stack(scenario, data, recorder)
     arrays = arrays if arrays is not None else initial_arrays(scenario, data)
-    random.seed(f"{scenario.seed}:{start_round}")
+    if start_round == 0:  # a resumed run has restored the checkpointed state instead
+        random.seed(scenario.seed)
     t0 = time.perf_counter()
 
     def after_round(server_round: int, current: ArrayRecord) -> MetricRecord | None:

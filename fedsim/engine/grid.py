@@ -28,7 +28,9 @@ Handler = Callable[[list[Message]], list[Message]]
 
 
 @contextlib.contextmanager
-def task_identity(run_id: int, node_id: int = SUPERLINK_NODE_ID, task_id: int = 1) -> Iterator[None]:
+def task_identity(
+    run_id: int, node_id: int = SUPERLINK_NODE_ID, task_id: int = 1
+) -> Iterator[None]:
     """Set the process's Flower task identity (needed to build a ``Message``).
 
     Flower's ServerApp runtime sets it before running a strategy; fedsim's engines do
@@ -62,7 +64,9 @@ def make_contexts(run_id: int, num_nodes: int, run_config: dict) -> dict[int, Co
     }
 
 
-def call_client(app: Callable[[Message, Context], Message], msg: Message, context: Context) -> Message:
+def call_client(
+    app: Callable[[Message, Context], Message], msg: Message, context: Context
+) -> Message:
     """Run the ClientApp on one message; an exception becomes an error reply."""
     try:
         return app(msg, context)
@@ -127,7 +131,9 @@ class InProcessGrid(Grid):
         return list(self.pull_messages(self.push_messages(messages)))
 
 
-def local_handler(app: Callable[[Message, Context], Message], contexts: dict[int, Context]) -> Handler:
+def local_handler(
+    app: Callable[[Message, Context], Message], contexts: dict[int, Context]
+) -> Handler:
     """Handle messages one after another in this process."""
 
     def handle(batch: list[Message]) -> list[Message]:

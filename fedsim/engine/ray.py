@@ -42,6 +42,7 @@ import contextlib
 import logging
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,13 +110,7 @@ def ray_session(address: str = "") -> Iterator[None]:
         return
     address = address or os.environ.get("RAY_ADDRESS", "")
     try:
-        if address:
-            ray.init(address=address, logging_level=logging.WARNING)
-        else:  # "local": never attach by accident to a `ray start` cluster on this machine
-            ray.init(
-                address="local", num_cpus=machine_cpus(), include_dashboard=False,
-                logging_level=logging.WARNING,
-            )  # fmt: skip
+        _connect(address)
     except ConnectionError as exc:
         raise FedsimError(
             f"ray.address: cannot attach to a Ray cluster at {address!r} ({exc}); start one "
@@ -125,6 +120,20 @@ def ray_session(address: str = "") -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def _connect(address: str) -> None:
+    with warnings.catch_warnings():
+        # Ray's tip about a future default; today's (actors without GPUs see none) is
+        # the one fedsim wants.
+        warnings.filterwarnings("ignore", "Tip: In future versions of Ray", FutureWarning)
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING)
+        else:  # "local": never attach by accident to a `ray start` cluster on this machine
+            ray.init(
+                address="local", num_cpus=machine_cpus(), include_dashboard=False,
+                logging_level=logging.WARNING,
+            )  # fmt: skip
 
 
 def machine_cpus() -> int:

@@ -21,7 +21,8 @@ def test_default_scenario_writes_a_complete_results_folder(tmp_path: Path) -> No
     out = tmp_path / "run"
     res = fedsim.run(DEFAULT, {"rounds": 5}, out=out)
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.toml", "metrics.parquet", "model.safetensors", "summary.json"
+        "checkpoint.safetensors", "config.toml", "metrics.parquet", "model.safetensors",
+        "summary.json",
     ]  # fmt: skip
     summary = results.read_summary(out)
     assert summary["final"]["eval-acc"] > 0.7  # chance is 0.5
@@ -63,7 +64,13 @@ def test_one_client_one_epoch_fedavg_equals_plain_training() -> None:
 
     c = fed.clients[0]
     for r in (1, 2):
-        train(model, torch.as_tensor(c.x_train), torch.as_tensor(c.y_train), sc.client, _generator(sc.seed, 5, r, 0))
+        train(
+            model,
+            torch.as_tensor(c.x_train),
+            torch.as_tensor(c.y_train),
+            sc.client,
+            _generator(sc.seed, 5, r, 0),
+        )
     for k, v in model.state_dict().items():
         assert np.allclose(res.arrays[k], v.numpy(), atol=1e-6), k
 
@@ -92,7 +99,9 @@ def test_every_registered_strategy_runs(name: str, options: dict) -> None:
     assert list(server.index) == [1, 2]
     assert math.isfinite(server["eval-acc"].iloc[-1])
     assert (server["train-usable-replies"] == 4).all()
-    start = fedsim.run(DEFAULT, {**SMALL, "rounds": 1, "strategy.name": name, "strategy.options": options})
+    start = fedsim.run(
+        DEFAULT, {**SMALL, "rounds": 1, "strategy.name": name, "strategy.options": options}
+    )
     # The model moved: the strategy really aggregated.
     assert any(not np.allclose(start.arrays[k], res.arrays[k]) for k in res.arrays)
 

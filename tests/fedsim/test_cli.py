@@ -29,7 +29,10 @@ def _run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int,
         ("colour = 'red'\n", "colour: unknown key"),
         ("rounds = [\n", "invalid TOML"),
         ("[strategy]\nname = 'fedfoo'\n", "unknown strategy 'fedfoo'"),
-        ("[strategy]\nname = 'fedprox'\noptions = {mu = 1}\n", "strategy.options.mu: not an option"),
+        (
+            "[strategy]\nname = 'fedprox'\noptions = {mu = 1}\n",
+            "strategy.options.mu: not an option",
+        ),
         ("[strategy]\nname = 'fedprox'\noptions = {proximal_mu = 'x'}\n", "expects float"),
         ("[data]\ndataset = 'adult'\nsensitive = 'height'\n", "no sensitive attribute 'height'"),
     ],
@@ -61,7 +64,15 @@ def test_missing_data_is_a_one_line_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], no_network: None
 ) -> None:
     out_dir = tmp_path / "out"
-    argv = ["run", str(REPO / "scenarios/adult.toml"), "--data-dir", str(tmp_path), "--out", str(out_dir), "-q"]
+    argv = [
+        "run",
+        str(REPO / "scenarios/adult.toml"),
+        "--data-dir",
+        str(tmp_path),
+        "--out",
+        str(out_dir),
+        "-q",
+    ]
     code, _, err = _run_main(argv, capsys)
     assert code == 2 and "adult/adult.data" in err and "download" in err
     assert not out_dir.exists()

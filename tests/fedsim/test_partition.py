@@ -24,11 +24,15 @@ def _label_skew(parts: list[np.ndarray], values: np.ndarray) -> float:
     k = values.max() + 1
     glob = np.bincount(values, minlength=k) / len(values)
     return float(
-        np.mean([0.5 * np.abs(np.bincount(values[p], minlength=k) / len(p) - glob).sum() for p in parts])
+        np.mean(
+            [0.5 * np.abs(np.bincount(values[p], minlength=k) / len(p) - glob).sum() for p in parts]
+        )
     )
 
 
-@pytest.mark.parametrize("method", ["iid", "dirichlet-label", "dirichlet-sensitive", "pathological", "quantity"])
+@pytest.mark.parametrize(
+    "method", ["iid", "dirichlet-label", "dirichlet-sensitive", "pathological", "quantity"]
+)
 def test_disjoint_cover_and_deterministic(method: str) -> None:
     parts = _split(method)
     flat = np.concatenate(parts)
