@@ -219,14 +219,16 @@ def read_toml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"scenario file not found: {path}")
     try:
-        data = path.read_bytes()
-        return tomllib.loads(data.decode("utf-8"))
+        table = tomllib.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a UTF-8 text file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    if not table:
+        raise ConfigError(f"{path}: the scenario file is empty (see scenarios/default.toml)")
+    return table
 
 
 def parse_value(text: str) -> Any:
