@@ -118,6 +118,22 @@ def list_() -> None:
     typer.echo("losses: ce, comp-sum (tau), sum-exp, gce (q), mae; + margin control, adversarial")
 
 
+@app.command()
+def pid(
+    counts: Annotated[Path, typer.Argument(help="CSV with columns z, yhat, s, count (y optional).")],
+) -> None:
+    """Decompose global and local disparity of your own count table (bits)."""
+    from fairness.pid import pid_from_csv
+
+    res = pid_from_csv(counts)
+    typer.echo(f"global disparity I(Z;Yhat)   {res.global_disparity:.6f} bits")
+    typer.echo(f"local disparity  I(Z;Yhat|S) {res.local_disparity:.6f} bits")
+    typer.echo(f"unique     {res.unique:.6f}")
+    typer.echo(f"redundant  {res.redundant:.6f}")
+    typer.echo(f"masked     {res.masked:.6f}")
+    typer.echo(f"solver status: {res.status}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning user errors into one line and exit code 2."""
     _quiet_flower()

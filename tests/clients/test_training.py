@@ -49,7 +49,7 @@ def _distance_after_training(mu: float) -> float:
     start = [p.detach().clone() for p in model.parameters()]
     cfg = ClientConfig(epochs=3, lr=0.5, batch_size=32)
     train(model, x, y, cfg, torch.Generator().manual_seed(0), proximal_mu=mu)
-    return float(sum(((p - s) ** 2).sum() for p, s in zip(model.parameters(), start)))
+    return float(sum(((p - s) ** 2).sum() for p, s in zip(model.parameters(), start, strict=True)))
 
 
 def test_fedprox_proximal_term_pulls_towards_the_global_model() -> None:

@@ -95,3 +95,19 @@ def test_installed_entry_point_reports_without_traceback(tmp_path: Path) -> None
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("fedsim: error:") and "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_pid_command_on_a_users_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    table = tmp_path / "xor.csv"  # Z independent of S, Yhat = Z xor S: purely masked disparity
+    table.write_text("z,yhat,s,count\n0,0,0,25\n1,1,0,25\n0,1,1,25\n1,0,1,25\n")
+    code, out, _ = _run_main(["pid", str(table)], capsys)
+    assert code == 0
+    values = {
+        line.split()[0]: line.split()[-2 if "bits" in line else -1] for line in out.splitlines()
+    }
+    assert float(values["masked"]) == pytest.approx(1.0, abs=1e-6)
+    assert float(values["unique"]) == pytest.approx(0.0, abs=1e-6)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("z,yhat,s,count\n0,0,0,-3\n")
+    code, _, err = _run_main(["pid", str(bad)], capsys)
+    assert code == 2 and err.startswith("fedsim: error:") and "negative" in err
