@@ -104,21 +104,21 @@ def handle_train(msg: Message, context: Context) -> Message:
     """Train the received global model on this client's training split."""
     rt = get_runtime(dict(context.run_config))
     sc = rt.scenario
-    pid = int(context.node_config[keys.PARTITION_ID])
-    config = msg.content[keys.CONFIG]
-    server_round = int(config.get(keys.SERVER_ROUND, 0))
+    pid = int(context.node_config[keys.PARTITION_ID])  # type: ignore[arg-type]
+    config = msg.content.config_records[keys.CONFIG]
+    server_round = int(config.get(keys.SERVER_ROUND, 0))  # type: ignore[arg-type]
     plan = plan_faults(sc.faults, sc.seed, server_round, pid, rt.data.num_clients)
     if plan.crash:
         raise InjectedCrash(f"client {pid} crashed in round {server_round} (injected fault)")
     if plan.delay:
         time.sleep(plan.delay)
-    incoming = msg.content[keys.ARRAYS].to_torch_state_dict()
+    incoming = msg.content.array_records[keys.ARRAYS].to_torch_state_dict()
     rt.model.load_state_dict(incoming)
     x, y, _, _ = rt.client_tensors(pid)
     result = train(
         rt.model, x, y, sc.client,
         generator=_generator(sc.seed, 5, server_round, pid),
-        proximal_mu=float(config.get(keys.PROXIMAL_MU, 0.0)),
+        proximal_mu=float(config.get(keys.PROXIMAL_MU, 0.0)),  # type: ignore[arg-type]
         input_range=(0.0, 1.0) if rt.data.raw.kind == "image" else None,
     )  # fmt: skip
     state = {k: v.detach().cpu() for k, v in rt.model.state_dict().items()}
@@ -144,12 +144,12 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this client's test split."""
     rt = get_runtime(dict(context.run_config))
     sc = rt.scenario
-    pid = int(context.node_config[keys.PARTITION_ID])
-    rt.model.load_state_dict(msg.content[keys.ARRAYS].to_torch_state_dict())
+    pid = int(context.node_config[keys.PARTITION_ID])  # type: ignore[arg-type]
+    rt.model.load_state_dict(msg.content.array_records[keys.ARRAYS].to_torch_state_dict())
     _, _, x, y = rt.client_tensors(pid)
     raw = rt.data.raw
     res = evaluate(rt.model, x, y, rt.data.clients[pid].z_test, raw.num_groups, raw.num_classes)
-    metrics = {
+    metrics: dict[str, int | float | list[int] | list[float]] = {
         keys.NUM_EXAMPLES: res.num_examples,
         keys.EVAL_LOSS: res.loss,
         keys.EVAL_ACC: res.accuracy,

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clients.losses import proximal_term
 from fedsim.config import ClientConfig, LossConfig
 
 Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -103,13 +104,6 @@ def train(
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
     return TrainResult(num_examples=n, mean_loss=total / max(seen, 1))
-
-
-def proximal_term(
-    params: list[torch.Tensor], anchor: list[torch.Tensor], mu: float
-) -> torch.Tensor:
-    """FedProx: µ/2 Σ‖w − w_global‖²."""
-    return 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
 
 
 @dataclass(frozen=True)

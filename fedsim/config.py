@@ -280,7 +280,7 @@ def build(cls: type, raw: Any, path: str) -> Any:
 
 def _convert(tp: Any, value: Any, path: str, fld: dataclasses.Field) -> Any:
     origin = get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return build(tp, value, path)
     if origin is Literal:
         choices = get_args(tp)

@@ -88,7 +88,7 @@ def run(
     run_config = {"scenario": sc.to_toml(), "data-dir": str(data_dir or "")}
     out_dir = Path(out) if out is not None else None
     t0 = time.perf_counter()
-    state = _prepare(sc, run_config, resume_from)
+    state = _prepare(sc, run_config, Path(resume_from) if resume_from is not None else None)
 
     def on_round(server_round: int, arrays: Any, recorder: Any) -> None:
         if out_dir is not None:
