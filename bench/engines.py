@@ -1,0 +1,223 @@
+"""Engines side by side: plain PyTorch loop, local engine, Ray engine, Flower's engine.
+
+Run: ``python bench/engines.py`` (both workloads) or ``--workload 10x10``.
+
+Every mode runs in a fresh Python process doing the same work — same data, same
+model initialisation, same per-client training (``clients.training.train``) and
+evaluation, FedAvg — so import and start-up costs count as a user would pay them.
+The parent samples the resident memory of the child and all its descendants (Ray's
+raylet and workers, Flower's SuperLink and SuperExec...) every 50 ms and reports the
+peak of the sum.
+
+Per mode it prints: wall time, steady-state time per round, fixed start-up cost
+(wall − rounds × steady round), peak memory summed over processes, and the ratios to
+the plain loop. Steady-state rounds come from per-round timestamps where the mode
+exposes them (plain, local, ray); Flower's engine runs in other processes, so its
+steady round is measured by differencing two runs (R and 2R rounds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT = REPO / "scenarios" / "default.toml"
+WORKLOADS = {
+    # 10 clients x 10 rounds: MLP 20->64->2 on synthetic data, 1 local epoch.
+    "10x10": {"rounds": 10, "partition.num_clients": 10, "data.num_samples": 4000},
+    # 100 clients x 3 rounds, same per-client data size (~32 train rows each).
+    "100x3": {"rounds": 3, "partition.num_clients": 100, "data.num_samples": 4000,
+              "partition.method": "iid"},  # fmt: skip
+}
+COMMON = {"fairness.enabled": False}
+MODES = ("plain", "local", "ray", "flower")
+
+
+# ----------------------------------------------------------------------- children
+
+
+def child_plain(overrides: dict) -> dict:
+    """FedAvg written directly in PyTorch: no Flower, no fedsim engine."""
+    import numpy as np
+    import torch
+
+    from clients.app import _generator  # same per-client generator as the ClientApp
+    from clients.models import build_model
+    from clients.training import evaluate, train
+    from fedsim.config import load_scenario
+    from fedsim.data import build_federated
+
+    sc = load_scenario(DEFAULT, overrides)
+    torch.set_num_threads(sc.threads)
+    fed = build_federated(sc.data, sc.partition, sc.seed)
+    raw = fed.raw
+    model = build_model(sc.model.name, raw.input_shape, raw.num_classes, sc.model.hidden, sc.seed)
+    tensors = [
+        tuple(torch.as_tensor(a) for a in (c.x_train, c.y_train, c.x_test, c.y_test))
+        for c in fed.clients
+    ]
+    global_state = {k: v.clone() for k, v in model.state_dict().items()}
+    stamps = []
+    for rnd in range(1, sc.rounds + 1):
+        total, acc = 0, {k: torch.zeros_like(v, dtype=torch.float64) for k, v in global_state.items()}
+        for pid, (x, y, _, _) in enumerate(tensors):
+            model.load_state_dict(global_state)
+            res = train(model, x, y, sc.client, _generator(sc.seed, 5, rnd, pid))
+            for k, v in model.state_dict().items():
+                acc[k] += v.double() * res.num_examples
+            total += res.num_examples
+        global_state = {k: (v / total).float() for k, v in acc.items()}
+        model.load_state_dict(global_state)
+        correct = 0
+        for pid, (_, _, xt, yt) in enumerate(tensors):
+            ev = evaluate(model, xt, yt, fed.clients[pid].z_test, raw.num_groups, raw.num_classes)
+            correct += ev.accuracy * ev.num_examples
+        stamps.append(time.time())
+    weights = {k: v.numpy() for k, v in global_state.items()}
+    return {"stamps": stamps, "checksum": float(sum(np.abs(w).sum() for w in weights.values()))}
+
+
+def child_engine(mode: str, overrides: dict) -> dict:
+    import numpy as np
+
+    import fedsim
+
+    stamps: list[float] = []
+    res = fedsim.run(
+        DEFAULT, overrides, engine=mode, progress=lambda r, n, m: stamps.append(time.time())
+    )
+    return {
+        "stamps": stamps if mode != "flower" else [],
+        "checksum": float(sum(np.abs(w).sum() for w in res.arrays.values())),
+    }
+
+
+# ----------------------------------------------------------------------- parent
+
+
+def _tree_rss(root_pid: int, t0: float) -> int:
+    import psutil
+
+    try:
+        root = psutil.Process(root_pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    seen = {p.pid for p in procs}
+    # Ray and Flower daemons may be re-parented; count them when they started after t0.
+    for p in psutil.process_iter(["pid", "cmdline", "create_time"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if p.info["pid"] not in seen and p.info["create_time"] >= t0 - 1 and (
+            "ray" in cmd or "flower" in cmd or "flwr" in cmd
+        ):
+            procs.append(p)
+            seen.add(p.info["pid"])
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def measure(mode: str, overrides: dict) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
+        out = fh.name
+    cmd = [sys.executable, __file__, "--child", mode, "--overrides", json.dumps(overrides),
+           "--json", out]  # fmt: skip
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, _tree_rss(proc.pid, t0))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, err = proc.communicate()
+    wall = time.time() - t0
+    stop.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{mode} failed:\n{err.decode()[-3000:]}")
+    data = json.loads(Path(out).read_text())
+    os.unlink(out)
+    stamps = data["stamps"]
+    steady = None
+    if len(stamps) >= 3:
+        diffs = sorted(b - a for a, b in zip(stamps[1:], stamps[2:], strict=False))
+        steady = diffs[len(diffs) // 2]
+    return {"wall": wall, "steady": steady, "peak_mb": peak / 2**20, "checksum": data["checksum"]}
+
+
+def run_workload(name: str, modes: tuple[str, ...]) -> list[dict]:
+    overrides = {**WORKLOADS[name], **COMMON}
+    rows = []
+    for mode in modes:
+        m = measure(mode, overrides)
+        if mode == "flower":  # steady round by differencing R and 2R rounds
+            rounds = overrides["rounds"]
+            twice = measure(mode, {**overrides, "rounds": 2 * rounds})
+            m["steady"] = (twice["wall"] - m["wall"]) / rounds
+        m["mode"] = mode
+        m["startup"] = m["wall"] - overrides["rounds"] * m["steady"] if m["steady"] else None
+        rows.append(m)
+        print(f"  {name} {mode}: wall {m['wall']:.2f}s", file=sys.stderr, flush=True)
+    return rows
+
+
+def print_table(name: str, rows: list[dict]) -> None:
+    plain = next(r for r in rows if r["mode"] == "plain")
+    print(f"\n### Workload {name}\n")
+    print("| mode | wall (s) | steady round (s) | start-up (s) | peak memory, all processes (MiB) "
+          "| wall / plain | steady / plain | memory / plain |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        def ratio(key: str) -> str:
+            return f"{r[key] / plain[key]:.2f}×" if r[key] and plain[key] else "–"
+
+        steady = f"{r['steady']:.3f}" if r["steady"] else "–"
+        startup = f"{r['startup']:.2f}" if r["startup"] is not None else "–"
+        print(f"| {r['mode']} | {r['wall']:.2f} | {steady} | {startup} | {r['peak_mb']:.0f} | "
+              f"{ratio('wall')} | {ratio('steady')} | {ratio('peak_mb')} |")  # fmt: skip
+    checks = {r["mode"]: round(r["checksum"], 3) for r in rows}
+    print(f"\nSum of |final weights| per mode (same work, same result): {checks}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workload", choices=[*WORKLOADS, "all"], default="all")
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--child")
+    parser.add_argument("--overrides")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    if args.child:
+        overrides = json.loads(args.overrides)
+        data = child_plain(overrides) if args.child == "plain" else child_engine(args.child, overrides)
+        Path(args.json).write_text(json.dumps(data))
+        return
+    modes = tuple(m for m in args.modes.split(",") if m)
+    if "plain" not in modes:
+        modes = ("plain", *modes)
+    names = list(WORKLOADS) if args.workload == "all" else [args.workload]
+    print(f"fedsim engines benchmark on {os.cpu_count()} CPUs")
+    for name in names:
+        print_table(name, run_workload(name, modes))
+
+
+if __name__ == "__main__":
+    main()
