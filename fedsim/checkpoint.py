@@ -41,15 +41,13 @@ def save(run_dir: Path, server_round: int, arrays: ArrayRecord, strategy: Any,
     tensors = {_ARRAYS + k: np.ascontiguousarray(v.numpy()) for k, v in arrays.items()}
     strategy_arrays, strategy_meta = capture_state(strategy)
     tensors.update({_STRATEGY + k: v for k, v in strategy_arrays.items()})
-    fairness_meta: dict[str, Any] = {}
-    if accountant is not None:
-        fair_arrays, fairness_meta = capture_state(accountant)
-        tensors.update({_FAIRNESS + k: v for k, v in fair_arrays.items()})
+    if accountant is not None:  # the accountant owns its state format
+        fair = accountant.state()
+        tensors.update({_FAIRNESS + k: np.ascontiguousarray(v) for k, v in fair.items()})
     header = {
         "round": server_round,
         "random": _random_state(),
         "strategy": strategy_meta,
-        "fairness": fairness_meta,
         "rows": [[r, c, m, v] for r, c, m, v in rows],
     }
     blob = st_save(tensors, metadata={"fedsim": json.dumps(header)})

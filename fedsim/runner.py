@@ -108,7 +108,12 @@ def run(
     frame = results.metrics_frame(execution.recorder.rows)
     summary = make_summary(sc, frame, wall, execution.wall_time)
     if out_dir is not None:
-        results.write_run(out_dir, sc.to_toml(), frame, arrays, summary)
+        extra: dict[str, bytes] = {}
+        if sc.fairness.enabled and sc.fairness.bounds:  # AGLFOP frontier on the run's test rows
+            from fedsim.bounds import run_frontier_files
+
+            extra = run_frontier_files(sc, frame, state.accountant, run_config)
+        results.write_run(out_dir, sc.to_toml(), frame, arrays, summary, extra_files=extra)
     return RunResult(sc, frame, summary, arrays, out_dir)
 
 
@@ -139,9 +144,7 @@ def _prepare(sc: Scenario, run_config: dict[str, str], resume_from: Path | None)
     header, tensors = checkpoint.load(Path(resume_from))
     checkpoint.restore_state(inner, checkpoint.split(tensors, "strategy/"), header["strategy"])
     if accountant is not None:
-        checkpoint.restore_state(
-            accountant, checkpoint.split(tensors, "fairness/"), header["fairness"]
-        )
+        accountant.load_state(checkpoint.split(tensors, "fairness/"))
     recorder.rows[:] = [(int(r), str(c), str(m), float(v)) for r, c, m, v in header["rows"]]
     checkpoint.restore_random(header)
     start.start_round = int(header["round"])

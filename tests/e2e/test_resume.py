@@ -97,3 +97,29 @@ def test_resume_errors_are_user_errors(tmp_path: Path) -> None:
         fedsim.resume(tmp_path)
     with pytest.raises(ConfigError, match="--set is not allowed"):
         fedsim.resume(tmp_path, overrides={"rounds": 3})
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_resume_restores_fairness_accounting_and_strategy_state(tmp_path: Path) -> None:
+    over = {**_overrides(), "fairness.enabled": True, "faults.straggler_prob": 0.0, "rounds": 4}
+
+    def crash_after_round_2(done: int, total: int, latest: object) -> None:
+        if done == 2:
+            raise _Crash  # the checkpoint of round 2 is already on disk
+
+    with pytest.raises(_Crash):
+        fedsim.run(
+            REPO / "scenarios/default.toml", over, out=tmp_path, progress=crash_after_round_2
+        )
+    assert _checkpoint_round(tmp_path) == 2
+    resumed = fedsim.resume(tmp_path)
+    reference = fedsim.run(REPO / "scenarios/default.toml", over)
+    for key, value in reference.arrays.items():
+        assert np.array_equal(resumed.arrays[key], value), key
+    pd.testing.assert_frame_equal(
+        resumed.metrics.reset_index(drop=True), reference.metrics.reset_index(drop=True)
+    )
+    assert {"global-disparity", "unique"} <= set(resumed.metrics.metric)
