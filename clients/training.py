@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clients.losses import proximal_term
+from clients.optim import SGD, Adam
 from fedsim.config import ClientConfig, LossConfig
 
 Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -82,12 +83,11 @@ def train(
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else None
+    opt: SGD | Adam
     if cfg.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-        )
+        opt = SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     else:
-        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     objective = make_objective(cfg.loss, generator, input_range)
     n = len(y)
     total, seen = 0.0, 0
@@ -98,7 +98,7 @@ def train(
             loss = objective(model, x[idx], y[idx])
             if anchor is not None:
                 loss = loss + proximal_term(params, anchor, proximal_mu)
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(idx)

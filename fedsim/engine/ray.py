@@ -18,7 +18,7 @@ Design
   message content once (Flower's strategies send one shared ``RecordDict``) and makes
   one call per actor carrying the small metadata of its messages; Ray resolves the
   content reference in the actor, so the global model is serialised once, not once per
-  client. The actor rebuilds each ``Message`` from (content, metadata) and replies
+  client. The actor rebuilds each ``Message`` from (metadata, content) and replies
   with ``Message(content, reply_to=msg)`` as the ClientApp does.
 * **Failures.** A client that raises becomes an error reply inside the actor
   (:func:`fedsim.engine.grid.call_client`). An actor that dies turns every message it
@@ -30,10 +30,11 @@ Design
   client does not change the result: the local and Ray engines agree.
 
 ``ray.address`` (or ``RAY_ADDRESS``) attaches to a running cluster; every node of that
-cluster needs fedsim installed in the same Python environment (``pip install``), and
-``FEDSIM_DATA_DIR``, when set, is passed on to the actors. Without an address a private
-local Ray instance is started and shut down at the end. A process already connected to
-Ray (``ray.is_initialized()``) keeps its connection.
+cluster needs fedsim installed in the same Python environment (``pip install``) and the
+data where ``FEDSIM_DATA_DIR`` (passed on to the cluster's workers when set) or the
+run's ``data-dir`` points. Without an address a private local Ray instance is started
+with the machine's CPUs and shut down at the end. A process already connected to Ray
+(``ray.is_initialized()``) keeps its connection, and the engine never closes it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import contextlib
 import logging
 import math
 import os
+import socket
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -123,17 +125,34 @@ def ray_session(address: str = "") -> Iterator[None]:
 
 
 def _connect(address: str) -> None:
+    if address:
+        _probe(address)
     with warnings.catch_warnings():
         # Ray's tip about a future default; today's (actors without GPUs see none) is
         # the one fedsim wants.
         warnings.filterwarnings("ignore", "Tip: In future versions of Ray", FutureWarning)
         if address:
-            ray.init(address=address, logging_level=logging.WARNING)
+            # Workers of a cluster started elsewhere do not inherit this environment.
+            # (Only there: a runtime_env makes every actor start a fresh process.)
+            data_dir = os.environ.get("FEDSIM_DATA_DIR", "")
+            env = {"env_vars": {"FEDSIM_DATA_DIR": data_dir}} if data_dir else None
+            ray.init(address=address, runtime_env=env, logging_level=logging.WARNING)
         else:  # "local": never attach by accident to a `ray start` cluster on this machine
             ray.init(
                 address="local", num_cpus=machine_cpus(), include_dashboard=False,
                 logging_level=logging.WARNING,
             )  # fmt: skip
+
+
+def _probe(address: str, timeout: float = 10.0) -> None:
+    """Fail fast on a ``host:port`` nobody listens on (Ray itself retries for minutes)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return  # "auto", "ray://…": left to Ray
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {host}:{port}: {exc}") from None
 
 
 def machine_cpus() -> int:
@@ -151,12 +170,16 @@ def pool_size(cfg: RayConfig, num_clients: int, available: Mapping[str, float]) 
     FedsimError
         If not even one actor of ``cfg.num_cpus`` CPUs (and ``cfg.num_gpus`` GPUs) fits.
     """
-    if cfg.num_actors:
-        return max(1, min(cfg.num_actors, num_clients))
     cpus, gpus = float(available.get("CPU", 0.0)), float(available.get("GPU", 0.0))
     size = math.floor(cpus / cfg.num_cpus + 1e-9)  # 0.3 / 0.1 must give 3
     if cfg.num_gpus > 0:
         size = min(size, math.floor(gpus / cfg.num_gpus + 1e-9))
+    if cfg.num_actors:
+        wanted = min(cfg.num_actors, num_clients)
+        if wanted > size:  # an autoscaling cluster may still grow to fit them
+            log.warning("ray.num_actors=%d but %d fit now; the rest wait up to %g s to start",
+                        wanted, size, READY_TIMEOUT_S)  # fmt: skip
+        return wanted
     if size < 1:
         raise FedsimError(
             f"ray: one actor needs num_cpus={cfg.num_cpus} and num_gpus={cfg.num_gpus}, but "
@@ -191,21 +214,34 @@ class ClientWorker:
         with flower_log_level():
             return [
                 call_client(
-                    client_app,
-                    Message(content=contents[i], metadata=meta),
-                    self.contexts[meta.dst_node_id],
+                    client_app, rebuild_message(meta, contents[i]), self.contexts[meta.dst_node_id]
                 )
                 for meta, i in metas
             ]
 
 
+def rebuild_message(meta: MessageMetadata, content: RecordDict) -> Message:
+    """The message with ``meta`` and ``content`` again, through Flower's public constructor."""
+    with task_identity(meta.run_id, meta.src_node_id, meta.src_task_id or 0):
+        msg = Message(
+            content, meta.dst_node_id, meta.message_type, ttl=meta.ttl,
+            group_id=meta.group_id, dst_task_id=meta.dst_task_id,
+        )  # fmt: skip
+    msg.metadata.__dict__["_message_id"] = meta.message_id  # as the Grid sets it
+    msg.metadata.created_at, msg.metadata.src_task_id = meta.created_at, meta.src_task_id
+    return msg
+
+
 def worker_factory(cfg: RayConfig, run_config: dict) -> Callable[[], Any]:
     """A function that starts one :class:`ClientWorker` actor with the configured resources."""
-    options: dict[str, Any] = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus}
-    if os.environ.get("FEDSIM_DATA_DIR"):
-        options["runtime_env"] = {"env_vars": {"FEDSIM_DATA_DIR": os.environ["FEDSIM_DATA_DIR"]}}
-    actor_class = ray.remote(ClientWorker).options(**options)
+    actor_class = ray.remote(ClientWorker).options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
     return lambda: actor_class.remote(run_config)
+
+
+def gist(exc: BaseException) -> str:
+    """One line for a Ray error: its type and its last line (the root cause's)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"
 
 
 @dataclass
@@ -272,7 +308,7 @@ class ActorPool:
             try:
                 out = ray.get(call)
             except ActorLost as exc:
-                log.warning("Ray actor %d died; its %d messages failed: %s", s, len(work[s]), exc)
+                log.warning("Ray actor %d died; %d messages failed: %s", s, len(work[s]), gist(exc))
                 out = [error_reply(batch[p], exc) for p in work[s]]
                 lost.append(s)
             for p, reply in zip(work[s], out, strict=True):
@@ -328,7 +364,7 @@ class ActorPool:
                 ray.get(call, timeout=0)
                 ready.append(actor)
             except (GetTimeoutError, *ActorLost) as exc:
-                self._last_failure = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                self._last_failure = gist(exc)
                 log.warning("Ray actor did not start: %s", self._last_failure)
                 with contextlib.suppress(Exception):
                     ray.kill(actor, no_restart=True)
