@@ -134,6 +134,81 @@ def pid(
     typer.echo(f"solver status: {res.status}")
 
 
+@app.command()
+def bounds(
+    scenario: Annotated[Path, typer.Argument(help="Scenario TOML file.")],
+    grid: Annotated[
+        int | None, typer.Option("--grid", "-g", help="N x N grid (default: fairness.bounds_grid).")
+    ] = None,
+    set_: SetOpt = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="CSV file (default runs/<name>-bounds.csv).")
+    ] = None,
+    rows: Annotated[
+        str, typer.Option("--rows", help="Count all rows of every client, or only train or test.")
+    ] = "all",
+    pid: Annotated[bool, typer.Option("--pid/--no-pid", help="PID terms per point.")] = True,
+    data_dir: DataDirOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """AGLFOP frontier: best accuracy under global and local disparity budgets (bits)."""
+    import time
+
+    from fedsim import bounds as aglfop_bounds
+    from fedsim.config import load_scenario
+    from fedsim.results import atomic_write_text
+
+    sc = load_scenario(scenario, _overrides(set_))
+    size = grid if grid is not None else sc.fairness.bounds_grid
+    aglfop_bounds.budget_grid(1.0, size)  # validates --grid before any work
+    if rows not in aglfop_bounds.ROWS:
+        raise ConfigError(f"--rows: expected one of {', '.join(aglfop_bounds.ROWS)}, got {rows!r}")
+    counts = aglfop_bounds.scenario_counts(sc, data_dir, rows)  # type: ignore[arg-type]
+    info = aglfop_bounds.describe_counts(counts)
+    stop, update = aglfop_bounds.progress_bar(console, quiet)
+    t0 = time.perf_counter()
+    try:
+        table = aglfop_bounds.compute_frontier(counts, size, progress=update, compute_pid=pid)
+    finally:
+        stop()
+    seconds = time.perf_counter() - t0
+    target = out if out is not None else Path("runs") / f"{scenario.stem}-bounds.csv"
+    atomic_write_text(target, table.to_csv(index=False))
+    s, z, y = counts.shape
+    typer.echo(
+        f"{sc.name}: {int(counts.sum())} rows ({rows}) of {s} clients, {z} groups, {y} classes; "
+        + ", ".join(f"{k} = {v:.4f}" for k, v in info.items())
+        + " bits"
+    )
+    typer.echo(aglfop_bounds.format_frontier(table))
+    bad = int((table.status != "optimal").sum())
+    if bad:
+        typer.echo(f"{bad} point(s) not solved to 'optimal'; see the status column")
+    typer.echo(f"wrote {target} ({len(table)} points, {seconds:.1f} s)")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Results folder of a `fedsim run`.")],
+    grid: Annotated[
+        int | None, typer.Option("--grid", "-g", help="Recompute the frontier on an N x N grid.")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Write RUN_DIR/report.html (self-contained) and the report's CSV tables."""
+    from fedsim.bounds import progress_bar, write_report
+
+    stop, update = progress_bar(console, quiet)
+    try:
+        files = write_report(run_dir, grid=grid, data_dir=data_dir, progress=update)
+    finally:
+        stop()
+    tables = ", ".join(p.name for p in files.tables.values())
+    note = " (frontier computed and stored)" if files.frontier_computed else ""
+    typer.echo(f"wrote {files.html}{note}; tables: {tables or 'none'}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning user errors into one line and exit code 2."""
     _quiet_flower()
@@ -159,6 +234,155 @@ def _fail(message: str) -> None:
 def _quiet_flower() -> None:
     """Flower logs every round at INFO; fedsim shows its own progress instead."""
     logging.getLogger("flwr").setLevel(logging.WARNING)
+
+
+# ------------------------------------------------------------------ fedsim deploy
+
+deploy_app = typer.Typer(
+    no_args_is_help=True,
+    help="Real Flower deployment: a SuperLink and SuperNodes on several machines, over TLS "
+    "with SuperNode authentication. DIR is a deployment folder (certs/, keys/, one folder "
+    "per started component with its FLWR_HOME, log and pid).",
+)
+app.add_typer(deploy_app, name="deploy")
+
+DeployDir = Annotated[Path, typer.Argument(help="Deployment folder.")]
+SuperlinkOpt = Annotated[
+    str, typer.Option("--superlink", help="The SuperLink as HOST:PORT (as in its certificate).")
+]
+
+
+@deploy_app.command("certs")
+def deploy_certs(
+    folder: DeployDir,
+    hosts: Annotated[
+        str, typer.Option("--hosts", help="Comma-separated names/IPs of the SuperLink host.")
+    ] = "",
+    days: Annotated[int, typer.Option("--days", help="Certificate validity in days.")] = 365,
+) -> None:
+    """Create a CA and the SuperLink's TLS certificate (127.0.0.1 and localhost included)."""
+    from fedsim import deploy
+
+    certs = deploy.make_certificates(folder, [h for h in hosts.split(",") if h.strip()], days)
+    typer.echo(f"CA certificate {certs.ca} (copy it to every SuperNode and flwr host)")
+    typer.echo(f"SuperLink certificate {certs.server}, key {certs.server_key}")
+    typer.echo(f"keep {certs.ca_key} private: it signs certificates")
+
+
+@deploy_app.command("keygen")
+def deploy_keygen(
+    folder: DeployDir,
+    names: Annotated[list[str], typer.Argument(help="Key names, e.g. node-0 node-1.")],
+) -> None:
+    """Create SuperNode key pairs (P-384, OpenSSH) in DIR/keys."""
+    from fedsim import deploy
+
+    for name in names:
+        key = deploy.make_node_key(folder, name)
+        typer.echo(f"{name}: private {key.private} (stays on the node), public {key.public}")
+
+
+@deploy_app.command("superlink")
+def deploy_superlink(
+    folder: DeployDir,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "0.0.0.0",
+    port: Annotated[
+        int, typer.Option("--port", help="Port of the Fleet, Control and Runtime APIs.")
+    ] = 8000,
+) -> None:
+    """Start the SuperLink in the background (TLS, SuperNode authentication on)."""
+    from fedsim import deploy
+
+    proc = deploy.start_superlink(folder, host=host, port=port)
+    component = deploy.Component.at(folder, "superlink")
+    typer.echo(f"SuperLink running on {host}:{port}, pid {proc.pid}, log {component.log}")
+
+
+@deploy_app.command("register")
+def deploy_register(
+    folder: DeployDir,
+    public_keys: Annotated[list[Path], typer.Argument(help="SuperNode public key files (.pub).")],
+    superlink: SuperlinkOpt,
+) -> None:
+    """Register SuperNode public keys with the SuperLink (flwr supernode register)."""
+    from fedsim import deploy
+
+    for key in public_keys:
+        node_id = deploy.register_node(folder, key, superlink)
+        typer.echo(f"{key}: registered as node {node_id}")
+
+
+@deploy_app.command("supernode")
+def deploy_supernode(
+    folder: DeployDir,
+    superlink: SuperlinkOpt,
+    partition_id: Annotated[int, typer.Option("--partition-id", help="This node's partition.")],
+    num_partitions: Annotated[int, typer.Option("--num-partitions", help="Number of nodes.")],
+    data_dir: DataDirOpt = None,
+    key: Annotated[
+        Path | None, typer.Option("--key", help="Private key (default DIR/keys/node-K.key).")
+    ] = None,
+    runtime_port: Annotated[
+        int, typer.Option("--runtime-port", help="Local port for this node's ClientApps.")
+    ] = 9094,
+) -> None:
+    """Start a SuperNode in the background for one partition."""
+    from fedsim import deploy
+
+    proc = deploy.start_supernode(
+        folder, superlink, partition_id=partition_id, num_partitions=num_partitions,
+        data_dir=data_dir, key=key, runtime_port=runtime_port,
+    )  # fmt: skip
+    component = deploy.Component.at(folder, f"supernode-{partition_id}")
+    typer.echo(f"SuperNode {partition_id} started, pid {proc.pid}, log {component.log}")
+
+
+@deploy_app.command("nodes")
+def deploy_nodes(folder: DeployDir, superlink: SuperlinkOpt) -> None:
+    """List the SuperLink's SuperNodes and their status."""
+    from fedsim import deploy
+
+    for node in deploy.list_nodes(folder, superlink):
+        typer.echo(f"{node.get('node-id')}  {node.get('status')}")
+
+
+@deploy_app.command("run")
+def deploy_run(
+    folder: DeployDir,
+    scenario: Annotated[Path, typer.Argument(help="Scenario TOML file.")],
+    superlink: SuperlinkOpt,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Results folder on the SuperLink's machine.")
+    ],
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Give up after this many seconds.")
+    ] = None,
+) -> None:
+    """Run a scenario on the deployment (flwr run) and report its final accuracy."""
+    from fedsim import deploy
+    from fedsim.runner import resolve
+
+    sc = resolve(scenario, _overrides(set_))
+    out = out.expanduser().resolve()
+    typer.echo(f"flwr run log: {deploy.Component.at(folder, 'cli').folder / 'flwr-run.log'}")
+    summary = deploy.run_scenario(folder, superlink, sc.to_toml(), out, data_dir, timeout)
+    if summary is None:
+        typer.echo(f"{sc.name}: run finished; results are in {out} on the SuperLink's machine")
+        return
+    acc = summary.get("final", {}).get("eval-acc")
+    acc_text = f"final eval-acc {acc:.4f}" if acc is not None else "no evaluation"
+    typer.echo(f"{sc.name}: {acc_text}; results in {out}")
+
+
+@deploy_app.command("stop")
+def deploy_stop(folder: DeployDir) -> None:
+    """Stop every component started from DIR on this machine (by their pid files)."""
+    from fedsim import deploy
+
+    stopped = deploy.stop_all(folder)
+    typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ class FairnessConfig:
 
     enabled: bool = True
     pid: bool = True
-    bounds: bool = False  # compute the AGLFOP frontier with every run
+    bounds: bool = True  # store the AGLFOP frontier with every accounted run
     bounds_grid: int = field(default=6, metadata=_range(2, 100))
 
 

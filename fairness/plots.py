@@ -1,0 +1,189 @@
+"""Figures of the fairness report as inline SVG strings (matplotlib, no pyplot state).
+
+Every figure is drawn on a fresh :class:`matplotlib.figure.Figure` and saved as SVG with
+text as paths (no fonts needed to view it). The XML prologue, the DOCTYPE, the metadata
+block and the namespace declarations are stripped — an ``<svg>`` element inside HTML
+gets its namespace from the HTML parser — so the markup holds no external reference,
+and element ids are prefixed per figure so several figures can share one page.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, NullLocator
+
+__all__ = ["accuracy_svg", "clients_svg", "disparity_svg", "frontier_svg", "to_inline_svg"]
+
+_RC: dict[Any, Any] = {"svg.fonttype": "path", "svg.hashsalt": "fedsim-report", "font.size": 9.0}
+_PID_COLOURS = {"unique": "#4c72b0", "redundant": "#dd8452", "masked": "#55a868"}
+_PID_LABELS = {"unique": "Uni (unique)", "redundant": "Red (redundant)", "masked": "Syn (masked)"}
+_STRIP = (
+    re.compile(r"<\?xml[^>]*\?>\s*"),
+    re.compile(r"<!DOCTYPE[^>]*>\s*"),
+    re.compile(r"<metadata>.*?</metadata>\s*", re.DOTALL),
+    re.compile(r'\s+xmlns(:\w+)?="[^"]*"'),
+)
+
+
+def to_inline_svg(fig: Figure, prefix: str) -> str:
+    """``fig`` as an ``<svg>`` element fit for inlining in HTML.
+
+    Parameters
+    ----------
+    fig
+        The figure to render.
+    prefix
+        Prepended to every element id (and reference) so that ids are unique per page.
+
+    Returns
+    -------
+    str
+        The ``<svg>...</svg>`` markup, without prologue, metadata or namespaces.
+    """
+    buf = io.StringIO()
+    with matplotlib.rc_context(_RC):
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    text = buf.getvalue()
+    for pattern in _STRIP:
+        text = pattern.sub("", text)
+    text = re.sub(r'\bid="([^"]+)"', rf'id="{prefix}-\1"', text)
+    text = re.sub(r'href="#([^"]+)"', rf'href="#{prefix}-\1"', text)
+    text = re.sub(r"url\(#([^)]+)\)", rf"url(#{prefix}-\1)", text)
+    return text.replace("<svg ", f'<svg role="img" aria-label="{prefix}" ', 1).strip()
+
+
+def _figure(width: float, height: float, cols: int = 1) -> tuple[Figure, list[Axes]]:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    axes = [fig.add_subplot(1, cols, i + 1) for i in range(cols)]
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    return fig, axes
+
+
+def accuracy_svg(table: pd.DataFrame) -> str:
+    """Test accuracy per round (and per-group accuracy when accounted)."""
+    fig, (ax,) = _figure(7.0, 3.0)
+    rounds = table["round"]
+    ax.plot(rounds, table["eval-acc"], marker="o", lw=2, label="accuracy (pooled test)")
+    for col in sorted(c for c in table.columns if c.startswith("acc-group-")):
+        ax.plot(rounds, table[col], ls="--", marker=".", label=f"group z={col.rsplit('-', 1)[1]}")
+    ax.set(xlabel="round", ylabel="accuracy", title="Test accuracy per round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(loc="lower right", fontsize=8)
+    return to_inline_svg(fig, "accuracy")
+
+
+def disparity_svg(table: pd.DataFrame) -> str:
+    """Global/local disparity per round, and the stacked PID terms per round."""
+    has_pid = {"unique", "redundant", "masked"} <= set(table.columns) and bool(
+        table[["unique", "redundant", "masked"]].notna().any().any()
+    )
+    fig, axes = _figure(10.0 if has_pid else 7.0, 3.2, cols=2 if has_pid else 1)
+    rounds = table["round"].to_numpy()
+    ax = axes[0]
+    ax.plot(rounds, table["global-disparity"], marker="o", label="global I(Z;Ŷ)")
+    ax.plot(rounds, table["local-disparity"], marker="s", label="local I(Z;Ŷ|S)")
+    ax.set(xlabel="round", ylabel="bits", title="Global and local disparity")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=8)
+    if has_pid:
+        ax = axes[1]
+        bottom = np.zeros(len(rounds))
+        for term in ("unique", "redundant", "masked"):
+            values = table[term].fillna(0.0).to_numpy()
+            ax.bar(rounds, values, bottom=bottom, color=_PID_COLOURS[term], label=_PID_LABELS[term])
+            bottom += values
+        ax.set(xlabel="round", ylabel="bits", title="PID: Uni + Red = global, Uni + Syn = local")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(0, 1.3 * max(float(bottom.max()), 1e-6))  # room for the legend
+        ax.legend(fontsize=8, ncols=3, loc="upper center")
+    return to_inline_svg(fig, "disparity")
+
+
+def clients_svg(final: pd.DataFrame, global_disparity: float | None) -> str:
+    """Bar chart of each client's own disparity ``I(Z;Ŷ)`` in the final round."""
+    width = min(12.0, max(6.0, 0.25 * len(final)))
+    fig, (ax,) = _figure(width, 3.0)
+    labels = final["client"].astype(str).tolist()
+    ax.bar(range(len(labels)), final["disparity"], color="#4c72b0", label="client I(Z;Ŷ)")
+    if global_disparity is not None and np.isfinite(global_disparity):
+        ax.axhline(global_disparity, color="#c44e52", ls="--", label="global I(Z;Ŷ)")
+    ax.set_xticks(range(len(labels)), labels, fontsize=7 if len(labels) > 20 else 9)
+    ax.set(xlabel="client (partition id)", ylabel="bits", title="Per-client disparity, final round")
+    ax.legend(fontsize=8)
+    return to_inline_svg(fig, "clients")
+
+
+def frontier_svg(frontier: pd.DataFrame, achieved: Mapping[str, float] | None) -> str:
+    """Contours of the AGLFOP optimum over (eps_global, eps_local), with the model marked.
+
+    ``achieved`` holds ``accuracy``, ``global_disparity`` and ``local_disparity``.
+    """
+    grid = frontier.pivot_table(index="eps_local", columns="eps_global", values="accuracy")
+    g, loc = grid.columns.to_numpy(float), grid.index.to_numpy(float)
+    fig, (ax,) = _figure(7.0, 5.0)
+    if len(g) >= 2 and len(loc) >= 2:
+        levels = _levels(grid.to_numpy())
+        filled = ax.contourf(g, loc, grid.to_numpy(), levels=levels, cmap="viridis")
+        lines = ax.contour(
+            g, loc, grid.to_numpy(), levels=levels[1:-1], colors="white", linewidths=0.6
+        )
+        ax.clabel(lines, fmt="%.3f", fontsize=7)
+        fig.colorbar(filled, ax=ax, label="best accuracy (AGLFOP)")
+        gg, ll = np.meshgrid(g, loc)
+        ax.plot(gg.ravel(), ll.ravel(), ".", color="black", ms=2, alpha=0.5)
+        _symlog_axes(ax, g, loc, achieved)
+    else:  # one of the grids is {0}: nothing to disclose on that axis
+        xs, ys = (g, grid.iloc[0].to_numpy()) if len(g) >= 2 else (loc, grid.iloc[:, 0].to_numpy())
+        ax.plot(xs, ys, marker="o")
+        ax.set(ylabel="best accuracy (AGLFOP)")
+    if achieved is not None:
+        ax.plot(
+            achieved["global_disparity"], achieved["local_disparity"], marker="*", ms=16,
+            color="#e8432e", mec="white", ls="none",
+            label=f"trained model (accuracy {achieved['accuracy']:.4f})",
+        )  # fmt: skip
+        ax.legend(loc="upper left", fontsize=8, framealpha=0.9)
+    ax.set(xlabel="global budget ε_g (bits)", ylabel="local budget ε_l (bits)")
+    ax.set_title("Best accuracy with I(Z;Ŷ) ≤ ε_g and I(Z;Ŷ|S) ≤ ε_l")
+    return to_inline_svg(fig, "frontier")
+
+
+def _levels(values: np.ndarray) -> np.ndarray:
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    if hi - lo < 1e-9:
+        return np.array([lo - 1e-3, lo + 1e-3])
+    return np.linspace(lo, hi, 11)
+
+
+def _symlog_axes(
+    ax: Axes,
+    eps_global: Sequence[float],
+    eps_local: Sequence[float],
+    achieved: Mapping[str, float] | None,
+) -> None:
+    """Symmetric-log axes (0 stays on the axis, small budgets get room) ticked at the
+    grid's budgets and wide enough to show the achieved point."""
+    axes = (
+        (eps_global, "global_disparity", ax.xaxis, ax.set_xscale, ax.set_xlim),
+        (eps_local, "local_disparity", ax.yaxis, ax.set_yscale, ax.set_ylim),
+    )
+    for values, key, axis, scale, limits in axes:
+        positive = [v for v in values if v > 0]
+        top = max(positive)
+        if achieved is not None and np.isfinite(achieved[key]):
+            top = max(top, 1.15 * achieved[key])
+        scale("symlog", linthresh=min(positive), linscale=0.5)
+        limits(0, top)
+        axis.set_ticks(list(values), [f"{v:.3g}" for v in values])
+        axis.set_minor_locator(NullLocator())
+    ax.tick_params(axis="x", labelrotation=45)

@@ -1,0 +1,277 @@
+"""The fairness report: self-contained HTML, tables that match the run, the achieved point,
+a headless-browser rendering, and one-line errors."""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import fedsim
+from fairness import plots
+from fairness.report import (
+    SECTIONS,
+    TABLE_FILES,
+    ReportInputs,
+    achieved_point,
+    build_report,
+)
+from fedsim import bounds
+from fedsim.cli import main
+from tests.conftest import SMALL
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT = REPO / "scenarios" / "default.toml"
+FAIR = {**SMALL, "rounds": 3, "fairness.enabled": True, "fairness.bounds": True}
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
+CHROMIUM_APT = "apt-get install -y chromium"
+
+
+def _run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    out, err = capsys.readouterr()
+    return int(exc.value.code or 0), out, err
+
+
+@pytest.fixture(scope="module")
+def fair_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fairness run with its stored frontier, reported through the CLI."""
+    out = tmp_path_factory.mktemp("report") / "run"
+    fedsim.run(DEFAULT, {**FAIR, "fairness.bounds_grid": 4}, out=out)
+    with pytest.raises(SystemExit) as exc:
+        main(["report", str(out), "-q"])
+    assert exc.value.code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def plain_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run without fairness accounting, reported."""
+    out = tmp_path_factory.mktemp("plain") / "run"
+    fedsim.run(DEFAULT, SMALL, out=out)
+    bounds.write_report(out)
+    return out
+
+
+def _server(run_dir: Path, metric: str) -> pd.Series:
+    m = pd.read_parquet(run_dir / "metrics.parquet")
+    rows = m[(m.client == "server") & (m.metric == metric)].sort_values("round")
+    return rows.set_index("round").value
+
+
+# --------------------------------------------------------------- self-contained HTML
+
+
+def _assert_self_contained(page: str) -> None:
+    assert "http://" not in page and "https://" not in page
+    for match in re.finditer(r"""\bsrc\s*=\s*["']?([^"'\s>]*)""", page, re.IGNORECASE):
+        assert match.group(1).startswith("data:"), match.group(0)
+    assert not re.search(r"<(script|link|iframe|img|object|embed)\b", page, re.IGNORECASE)
+    assert "@import" not in page
+    for ref in re.findall(r"url\(([^)]*)\)", page):  # only in-page SVG references
+        assert ref.startswith("#"), ref
+    for ref in re.findall(r"""href\s*=\s*["']([^"']*)""", page):
+        assert ref.startswith("#"), ref
+    ids = re.findall(r'\bid="([^"]+)"', page)
+    assert len(ids) == len(set(ids)), "duplicate element ids across figures"
+
+
+def test_report_has_every_section_and_inline_svg(fair_report: Path) -> None:
+    page = (fair_report / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>")
+    for title in SECTIONS.values():
+        assert f"<h2>{title}</h2>" in page, title
+    assert page.count("<svg ") >= 4  # accuracy, disparity, clients, frontier
+    assert "<path" in page  # figures are drawn, text as paths (no font files needed)
+    _assert_self_contained(page)
+
+
+def test_plain_run_report_explains_the_missing_sections(plain_report: Path) -> None:
+    page = (plain_report / "report.html").read_text()
+    for title in SECTIONS.values():
+        assert f"<h2>{title}</h2>" in page, title
+    assert page.count("<svg ") == 1  # accuracy only
+    assert "no fairness accounting" in page
+    assert "fairness.enabled=true" in page
+    _assert_self_contained(page)
+    assert (plain_report / TABLE_FILES["accuracy"]).is_file()
+    assert (plain_report / TABLE_FILES["clients"]).is_file()
+    for key in ("disparity", "frontier", "achieved"):
+        assert not (plain_report / TABLE_FILES[key]).exists(), key
+    assert not (plain_report / bounds.FRONTIER_CSV).exists()
+
+
+# ---------------------------------------------------------------- tables vs metrics
+
+
+def test_accuracy_and_disparity_tables_match_the_metrics(fair_report: Path) -> None:
+    acc = pd.read_csv(fair_report / TABLE_FILES["accuracy"])
+    assert acc["round"].tolist() == list(range(1, FAIR["rounds"] + 1))
+    np.testing.assert_array_equal(acc["eval-acc"], _server(fair_report, "eval-acc").to_numpy())
+    np.testing.assert_array_equal(acc["acc-group-1"], _server(fair_report, "acc-group-1"))
+    dis = pd.read_csv(fair_report / TABLE_FILES["disparity"])
+    for metric in ("global-disparity", "local-disparity", "unique", "redundant", "masked"):
+        np.testing.assert_array_equal(dis[metric], _server(fair_report, metric).to_numpy())
+    # PID identities survive the round trip through the CSV.
+    np.testing.assert_allclose(dis.unique + dis.redundant, dis["global-disparity"], atol=1e-9)
+    np.testing.assert_allclose(dis.unique + dis.masked, dis["local-disparity"], atol=1e-9)
+
+
+def test_client_table_matches_the_per_client_rows(fair_report: Path) -> None:
+    clients = pd.read_csv(fair_report / TABLE_FILES["clients"], dtype={"client": str})
+    m = pd.read_parquet(fair_report / "metrics.parquet")
+    rows = m[(m.client != "server") & (m.metric == "disparity")]
+    merged = clients.merge(rows, on=["round", "client"])
+    assert len(merged) == len(rows) == FAIR["rounds"] * SMALL["partition.num_clients"]
+    np.testing.assert_array_equal(merged["disparity"], merged["value"])
+    page = (fair_report / "report.html").read_text()
+    final = clients[clients["round"] == FAIR["rounds"]]
+    for value in final["disparity"]:
+        assert f"<td>{value:.4f}</td>" in page
+
+
+def test_achieved_point_equals_the_final_round(fair_report: Path) -> None:
+    achieved = pd.read_csv(fair_report / TABLE_FILES["achieved"]).iloc[0]
+    last = FAIR["rounds"]
+    assert achieved["round"] == last
+    assert achieved["accuracy"] == _server(fair_report, "eval-acc")[last]
+    assert achieved["global_disparity"] == _server(fair_report, "global-disparity")[last]
+    assert achieved["local_disparity"] == _server(fair_report, "local-disparity")[last]
+    # The model is a feasible classifier at its own budgets: the bound is at least its accuracy.
+    assert achieved["accuracy"] - 1e-6 <= achieved["bound_accuracy"] <= 1.0 + 1e-6
+    assert achieved["gap"] == pytest.approx(achieved["bound_accuracy"] - achieved["accuracy"])
+    page = (fair_report / "report.html").read_text()
+    assert f"reaches accuracy {achieved['accuracy']:.4f}" in page
+    assert f"is {achieved['bound_accuracy']:.4f}, so the strategy is {achieved['gap']:.4f}" in page
+
+
+def test_report_frontier_is_the_stored_one(fair_report: Path) -> None:
+    stored = pd.read_csv(fair_report / bounds.FRONTIER_CSV)
+    shown = pd.read_csv(fair_report / TABLE_FILES["frontier"])
+    pd.testing.assert_frame_equal(stored, shown)
+
+
+def test_report_computes_a_missing_frontier_from_the_checkpoint(
+    fair_report: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(fair_report, copy)
+    stored = pd.read_csv(copy / bounds.FRONTIER_CSV)
+    for name in (bounds.FRONTIER_CSV, bounds.FRONTIER_JSON, *TABLE_FILES.values()):
+        (copy / name).unlink()
+    calls: list[tuple[int, int]] = []
+    files = bounds.write_report(copy, progress=lambda done, total: calls.append((done, total)))
+    assert files.frontier_computed and calls[-1] == (16, 16)
+    again = pd.read_csv(copy / bounds.FRONTIER_CSV)  # stored for the next report
+    np.testing.assert_allclose(again.accuracy, stored.accuracy, atol=1e-6)
+    achieved = pd.read_csv(copy / TABLE_FILES["achieved"]).iloc[0]
+    assert achieved["bound_accuracy"] >= achieved["accuracy"] - 1e-6
+    assert not bounds.write_report(copy).frontier_computed  # now it is reused
+    assert bounds.write_report(copy, grid=3).frontier_computed  # another grid: recomputed
+    assert len(pd.read_csv(copy / TABLE_FILES["frontier"])) == 9
+
+
+# ----------------------------------------------------------------- pure functions
+
+
+def _long(rows: list[tuple[int, str, str, float]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["round", "client", "metric", "value"])
+
+
+def test_achieved_point_takes_the_last_round_with_all_three() -> None:
+    frame = _long(
+        [
+            (1, "server", "eval-acc", 0.6), (1, "server", "global-disparity", 0.2),
+            (1, "server", "local-disparity", 0.1), (2, "server", "eval-acc", 0.7),
+            (2, "server", "global-disparity", 0.3), (2, "server", "local-disparity", 0.15),
+            (3, "server", "eval-acc", 0.8),  # no disparities: not an achieved point
+        ]
+    )  # fmt: skip
+    point = achieved_point(frame)
+    assert point is not None and (point.round, point.accuracy) == (2, 0.7)
+    assert (point.global_disparity, point.local_disparity) == (0.3, 0.15)
+    assert achieved_point(frame[frame.metric == "eval-acc"]) is None
+    assert achieved_point(_long([])) is None
+
+
+def test_build_report_on_a_tiny_frame_without_a_frontier() -> None:
+    frame = _long(
+        [(r, "server", "eval-acc", 0.5 + r / 10) for r in (1, 2)]
+        + [(r, "server", "global-disparity", 0.1) for r in (1, 2)]
+        + [(r, "server", "local-disparity", 0.05) for r in (1, 2)]
+        + [(2, "0", "disparity", 0.2), (2, "1", "disparity", 0.0)]
+    )
+    report = build_report(ReportInputs(frame, {"scenario": "tiny"}, frontier_note="none here"))
+    assert set(report.tables) == {"accuracy", "disparity", "clients", "achieved"}
+    assert math.isnan(report.tables["achieved"].bound_accuracy.iloc[0])
+    assert "none here" in report.html
+    _assert_self_contained(report.html)
+
+
+def test_inline_svg_has_no_namespace_urls_and_prefixed_ids() -> None:
+    table = pd.DataFrame({"round": [1, 2, 3], "eval-acc": [0.5, 0.6, 0.7]})
+    svg = plots.accuracy_svg(table)
+    assert svg.startswith("<svg ") and svg.endswith("</svg>")
+    assert "http" not in svg and "<metadata" not in svg and "<?xml" not in svg
+    ids = re.findall(r'\bid="([^"]+)"', svg)
+    assert ids and all(i.startswith("accuracy-") for i in ids)
+    for ref in re.findall(r'href="#([^"]+)"', svg) + re.findall(r"url\(#([^)]+)\)", svg):
+        assert ref in ids
+
+
+# ------------------------------------------------------------------------- errors
+
+
+def test_report_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run_main(["report", str(tmp_path / "missing")], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("fedsim: error: report: run folder") and "does not exist" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = _run_main(["report", str(empty)], capsys)
+    assert code == 2 and err.count("\n") == 1 and "not a complete run folder" in err
+    assert not (empty / "report.html").exists()
+
+
+# ----------------------------------------------------------------- headless browser
+
+
+def _chromium() -> str:
+    for name in CHROMIUM_NAMES:
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.fail(
+        f"no headless browser found (looked for {', '.join(CHROMIUM_NAMES)}); the report "
+        f"rendering test needs one: install it with `{CHROMIUM_APT}` (Debian/Ubuntu)"
+    )
+
+
+def test_report_renders_in_a_headless_browser(fair_report: Path, tmp_path: Path) -> None:
+    import matplotlib.image
+
+    browser = _chromium()
+    png = tmp_path / "report.png"
+    cmd = [
+        browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={png}",
+        "--window-size=1200,3000", (fair_report / "report.html").resolve().as_uri(),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
+    assert png.is_file(), f"{browser} wrote no screenshot (rc {proc.returncode}): {proc.stderr}"
+    assert png.stat().st_size > 20_000  # a blank 1200x3000 page compresses to a few kB
+    image = matplotlib.image.imread(png)[..., :3]
+    assert image.shape[:2] == (3000, 1200)
+    dark = (image.mean(axis=2) < 0.5).mean()  # text, axes, bars
+    assert 0.005 < dark < 0.5, dark
+    colours = np.unique((image * 255).astype(np.uint8).reshape(-1, 3), axis=0)
+    assert len(colours) > 50  # plots in colour, not a uniform or two-tone page
+    top, middle = image[:600].std(), image[600:2400].std()
+    assert top > 0.01 and middle > 0.01  # content at the top and further down
