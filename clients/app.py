@@ -94,6 +94,16 @@ def get_runtime(run_config: dict) -> ClientRuntime:
         return _runtimes[key]
 
 
+def runtime_config(context: Context) -> dict:
+    """The run config; a node's own ``data-dir`` (node config) takes precedence.
+
+    On real SuperNodes each machine keeps the data where it likes
+    (``fedsim deploy supernode --data-dir``).
+    """
+    node_dir = context.node_config.get("data-dir")
+    return {**context.run_config, "data-dir": node_dir} if node_dir else dict(context.run_config)
+
+
 def _generator(seed: int, *parts: int) -> torch.Generator:
     words = np.random.SeedSequence([seed, *parts]).generate_state(2, dtype=np.uint64)
     return torch.Generator().manual_seed(int(words[0] >> np.uint64(1)))
@@ -102,7 +112,7 @@ def _generator(seed: int, *parts: int) -> torch.Generator:
 @client_app.train()
 def handle_train(msg: Message, context: Context) -> Message:
     """Train the received global model on this client's training split."""
-    rt = get_runtime(dict(context.run_config))
+    rt = get_runtime(runtime_config(context))
     sc = rt.scenario
     pid = int(context.node_config[keys.PARTITION_ID])  # type: ignore[arg-type]
     config = msg.content.config_records[keys.CONFIG]
@@ -142,7 +152,7 @@ def handle_train(msg: Message, context: Context) -> Message:
 @client_app.evaluate()
 def handle_evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this client's test split."""
-    rt = get_runtime(dict(context.run_config))
+    rt = get_runtime(runtime_config(context))
     sc = rt.scenario
     pid = int(context.node_config[keys.PARTITION_ID])  # type: ignore[arg-type]
     rt.model.load_state_dict(msg.content.array_records[keys.ARRAYS].to_torch_state_dict())
