@@ -119,8 +119,57 @@ def list_() -> None:
 
 
 @app.command()
+def sweep(
+    scenario: Annotated[Path, typer.Argument(help="Base scenario TOML file.")],
+    grid: Annotated[
+        list[str],
+        typer.Option("--grid", "-g", help="key.path=v1,v2,... (repeatable; at most two keys)."),
+    ],
+    seeds: Annotated[int, typer.Option("--seeds", help="Seeds 0..N-1 per combination.")] = 3,
+    set_: SetOpt = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="CSV of every run (one row per run).")
+    ] = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Run a scenario over a grid of overrides and seeds; print final accuracy mean ± std."""
+    from fedsim.config import parse_value
+    from fedsim.results import atomic_write_text
+    from fedsim.study import format_table, run_grid, summarise, to_markdown
+
+    if seeds < 1:
+        raise ConfigError(f"--seeds: expected at least 1, got {seeds}")
+    table: dict[str, list[object]] = {}
+    for item in grid:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise ConfigError(f"--grid expects key.path=v1,v2,..., got {item!r}")
+        table[key.strip()] = [parse_value(v.strip()) for v in values.split(",")]
+    if not 1 <= len(table) <= 2:
+        raise ConfigError(f"--grid: expected one or two keys, got {len(table)}")
+
+    def report(done: int, total: int, row: Mapping[str, object]) -> None:
+        console.print(f"run {done}/{total}: eval-acc {row['eval-acc']:.4f}", highlight=False)
+
+    frame = run_grid(
+        scenario, table, list(range(seeds)), overrides=_overrides(set_), data_dir=data_dir,
+        progress=report,
+    )  # fmt: skip
+    keys = list(table)
+    summary = summarise(frame, "eval-acc", by=keys)
+    if len(keys) == 1:
+        summary["metric"] = "final eval-acc"
+        laid_out = format_table(summary, keys[0], "metric", digits=4)
+    else:
+        laid_out = format_table(summary, keys[0], keys[1], digits=4)
+    typer.echo(to_markdown(laid_out))
+    if out is not None:
+        atomic_write_text(out, frame.to_csv(index=False))
+
+
+@app.command()
 def pid(
-    counts: Annotated[Path, typer.Argument(help="CSV with columns z, yhat, s, count (y optional).")],
+    counts: Annotated[Path, typer.Argument(help="CSV: columns z, yhat, s, count (y optional).")],
 ) -> None:
     """Decompose global and local disparity of your own count table (bits)."""
     from fairness.pid import pid_from_csv

@@ -33,6 +33,7 @@ from clients.app import client_app, get_runtime, scenario_from_run_config
 from fedsim import results
 from fedsim.config import Scenario
 from fedsim.engine.core import Execution, execute
+from fedsim.errors import FedsimError
 
 log = logging.getLogger(__name__)
 
@@ -40,24 +41,51 @@ OUT_DIR = "out-dir"  # run config key
 # Safetensors stores arrays sorted by name; this file keeps the model's key order so
 # that an engine reading the folder back gets the ArrayRecord the ServerApp ended with.
 ARRAY_KEYS = "array-keys.json"
+ERROR = "error.json"  # written instead of a summary when the run fails with a user error
 
 server_app = ServerApp()
 
-__all__ = ["ARRAY_KEYS", "OUT_DIR", "client_app", "server_app", "write_results"]
+__all__ = ["ARRAY_KEYS", "ERROR", "OUT_DIR", "client_app", "server_app", "write_results"]
 
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run the scenario named by the run config over Flower's Grid."""
+    """Run the scenario named by the run config over Flower's Grid.
+
+    A user error (:class:`~fedsim.errors.FedsimError`: bad scenario, missing data) is
+    also written to ``out-dir`` as ``error.json`` (its class name and message) before
+    it propagates, so that the process that started Flower can report it as such.
+    """
     run_config = dict(context.run_config)
-    scenario = replace(scenario_from_run_config(run_config), engine="flower")
-    runtime = get_runtime(run_config)  # data metadata: node count, model shapes
-    t0 = time.perf_counter()
-    execution = execute(scenario, runtime.data, grid)
     out_dir = str(run_config.get(OUT_DIR, "") or "")
+    try:
+        scenario = replace(scenario_from_run_config(run_config), engine="flower")
+        runtime = get_runtime(run_config)  # data metadata: node count, model shapes
+        _check_federation_size(grid, runtime.data.num_clients)
+        t0 = time.perf_counter()
+        execution = execute(scenario, runtime.data, grid)
+    except FedsimError as exc:
+        if out_dir:
+            error = {"type": type(exc).__name__, "message": str(exc)}
+            results.atomic_write_text(Path(out_dir) / ERROR, json.dumps(error))
+        raise
     if out_dir:
         write_results(Path(out_dir), scenario, execution, time.perf_counter() - t0)
         log.info("results written to %s", out_dir)
+
+
+def _check_federation_size(grid: Grid, num_clients: int) -> None:
+    # A federation of the wrong size is no error on a real deployment (nodes come and
+    # go), but in a simulation it either stalls the run or fails the extra nodes.
+    num_nodes = len(list(grid.get_node_ids()))
+    if num_nodes != num_clients:
+        log.warning(
+            "the scenario has %d clients (partitions) but %d nodes are connected: "
+            "strategies wait for all %d, and nodes with partition-id >= %d fail; in "
+            "Flower's simulation set the size with `flwr run . --federation-config "
+            "num-supernodes=%d`",
+            num_clients, num_nodes, num_clients, num_clients, num_clients,
+        )  # fmt: skip
 
 
 def write_results(out_dir: Path, scenario: Scenario, execution: Execution, wall: float) -> None:

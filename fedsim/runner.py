@@ -91,7 +91,7 @@ def run(
     state = _prepare(sc, run_config, Path(resume_from) if resume_from is not None else None)
 
     def on_round(server_round: int, arrays: Any, recorder: Any) -> None:
-        if out_dir is not None:
+        if out_dir is not None and sc.engine != "flower":  # Flower's runs cannot resume
             checkpoint.save(
                 out_dir, server_round, arrays, state.stack[1], state.accountant,
                 recorder.rows, sc.to_toml(),

@@ -111,3 +111,23 @@ def test_pid_command_on_a_users_table(tmp_path: Path, capsys: pytest.CaptureFixt
     bad.write_text("z,yhat,s,count\n0,0,0,-3\n")
     code, _, err = _run_main(["pid", str(bad)], capsys)
     assert code == 2 and err.startswith("fedsim: error:") and "negative" in err
+
+
+def test_sweep_prints_a_table_and_writes_every_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv = tmp_path / "runs.csv"
+    argv = ["sweep", str(REPO / "scenarios/default.toml"), "--grid", "client.lr=0.01,0.1",
+            "--seeds", "2", "--set", "rounds=1", "--set", "partition.num_clients=3",
+            "--set", "fairness.enabled=false", "--out", str(csv)]  # fmt: skip
+    code, out, _ = _run_main(argv, capsys)
+    assert code == 0
+    import pandas as pd
+
+    runs = pd.read_csv(csv)
+    assert len(runs) == 4 and set(runs["client.lr"]) == {0.01, 0.1}
+    mean = runs[runs["client.lr"] == 0.1]["eval-acc"].mean()
+    row = next(line for line in out.splitlines() if line.startswith("| 0.1 "))
+    assert f"{mean:.4f}" in row
+    code, _, err = _run_main(["sweep", "scenarios/default.toml", "--grid", "lr"], capsys)
+    assert code == 2 and "--grid expects" in err
