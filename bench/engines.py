@@ -49,9 +49,8 @@ def child_plain(overrides: dict) -> dict:
     import numpy as np
     import torch
 
-    from clients.app import _generator  # same per-client generator as the ClientApp
     from clients.models import build_model
-    from clients.training import evaluate, train
+    from clients.training import client_generator, evaluate, train  # as the ClientApp
     from fedsim.config import load_scenario
     from fedsim.data import build_federated
 
@@ -67,10 +66,11 @@ def child_plain(overrides: dict) -> dict:
     global_state = {k: v.clone() for k, v in model.state_dict().items()}
     stamps = []
     for rnd in range(1, sc.rounds + 1):
-        total, acc = 0, {k: torch.zeros_like(v, dtype=torch.float64) for k, v in global_state.items()}
+        total = 0
+        acc = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in global_state.items()}
         for pid, (x, y, _, _) in enumerate(tensors):
             model.load_state_dict(global_state)
-            res = train(model, x, y, sc.client, _generator(sc.seed, 5, rnd, pid))
+            res = train(model, x, y, sc.client, client_generator(sc.seed, 5, rnd, pid))
             for k, v in model.state_dict().items():
                 acc[k] += v.double() * res.num_examples
             total += res.num_examples
@@ -185,14 +185,14 @@ def print_table(name: str, rows: list[dict]) -> None:
     print("| mode | wall (s) | steady round (s) | start-up (s) | peak memory, all processes (MiB) "
           "| wall / plain | steady / plain | memory / plain |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        def ratio(key: str) -> str:
-            return f"{r[key] / plain[key]:.2f}×" if r[key] and plain[key] else "–"
+    def ratio(r: dict, key: str) -> str:
+        return f"{r[key] / plain[key]:.2f}×" if r[key] and plain[key] else "–"
 
+    for r in rows:
         steady = f"{r['steady']:.3f}" if r["steady"] else "–"
         startup = f"{r['startup']:.2f}" if r["startup"] is not None else "–"
         print(f"| {r['mode']} | {r['wall']:.2f} | {steady} | {startup} | {r['peak_mb']:.0f} | "
-              f"{ratio('wall')} | {ratio('steady')} | {ratio('peak_mb')} |")  # fmt: skip
+              f"{ratio(r, 'wall')} | {ratio(r, 'steady')} | {ratio(r, 'peak_mb')} |")  # fmt: skip
     checks = {r["mode"]: round(r["checksum"], 3) for r in rows}
     print(f"\nSum of |final weights| per mode (same work, same result): {checks}")
 
@@ -207,7 +207,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         overrides = json.loads(args.overrides)
-        data = child_plain(overrides) if args.child == "plain" else child_engine(args.child, overrides)
+        if args.child == "plain":
+            data = child_plain(overrides)
+        else:
+            data = child_engine(args.child, overrides)
         Path(args.json).write_text(json.dumps(data))
         return
     modes = tuple(m for m in args.modes.split(",") if m)

@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -24,7 +23,7 @@ from flwr.clientapp import ClientApp
 from clients import keys
 from clients.faults import InjectedCrash, corrupt_state, plan_faults
 from clients.models import build_model
-from clients.training import evaluate, train
+from clients.training import client_generator, evaluate, train
 from fedsim.config import Scenario, load_scenario, loads_scenario
 from fedsim.data import FederatedData, build_federated
 
@@ -40,6 +39,21 @@ class ClientRuntime:
     model: torch.nn.Module
     device: torch.device
     tensors: dict[int, tuple[torch.Tensor, ...]] = field(default_factory=dict)
+    _last_record: ArrayRecord | None = None
+    _last_state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def incoming_state(self, record: ArrayRecord) -> dict[str, torch.Tensor]:
+        """The global weights of a message as a state dict, decoded once per record.
+
+        Every client of a round receives the same ArrayRecord object (in process, or
+        per Ray actor call); decoding its ``.npy`` payloads once instead of once per
+        client removes most of the engine's per-client overhead. The state dict is
+        only read (``load_state_dict`` copies it).
+        """
+        if record is not self._last_record:
+            self._last_state = record.to_torch_state_dict()
+            self._last_record = record
+        return self._last_state
 
     def client_tensors(self, pid: int) -> tuple[torch.Tensor, ...]:
         if pid not in self.tensors:
@@ -104,11 +118,6 @@ def runtime_config(context: Context) -> dict:
     return {**context.run_config, "data-dir": node_dir} if node_dir else dict(context.run_config)
 
 
-def _generator(seed: int, *parts: int) -> torch.Generator:
-    words = np.random.SeedSequence([seed, *parts]).generate_state(2, dtype=np.uint64)
-    return torch.Generator().manual_seed(int(words[0] >> np.uint64(1)))
-
-
 @client_app.train()
 def handle_train(msg: Message, context: Context) -> Message:
     """Train the received global model on this client's training split."""
@@ -122,12 +131,12 @@ def handle_train(msg: Message, context: Context) -> Message:
         raise InjectedCrash(f"client {pid} crashed in round {server_round} (injected fault)")
     if plan.delay:
         time.sleep(plan.delay)
-    incoming = msg.content.array_records[keys.ARRAYS].to_torch_state_dict()
+    incoming = rt.incoming_state(msg.content.array_records[keys.ARRAYS])
     rt.model.load_state_dict(incoming)
     x, y, _, _ = rt.client_tensors(pid)
     result = train(
         rt.model, x, y, sc.client,
-        generator=_generator(sc.seed, 5, server_round, pid),
+        generator=client_generator(sc.seed, 5, server_round, pid),
         proximal_mu=float(config.get(keys.PROXIMAL_MU, 0.0)),  # type: ignore[arg-type]
         input_range=(0.0, 1.0) if rt.data.raw.kind == "image" else None,
     )  # fmt: skip
@@ -155,7 +164,7 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
     rt = get_runtime(runtime_config(context))
     sc = rt.scenario
     pid = int(context.node_config[keys.PARTITION_ID])  # type: ignore[arg-type]
-    rt.model.load_state_dict(msg.content.array_records[keys.ARRAYS].to_torch_state_dict())
+    rt.model.load_state_dict(rt.incoming_state(msg.content.array_records[keys.ARRAYS]))
     _, _, x, y = rt.client_tensors(pid)
     raw = rt.data.raw
     res = evaluate(rt.model, x, y, rt.data.clients[pid].z_test, raw.num_groups, raw.num_classes)
@@ -183,6 +192,6 @@ def _robust_accuracy(rt: ClientRuntime, x: torch.Tensor, y: torch.Tensor) -> flo
         robust_accuracy(
             rt.model, x, y, radius=cfg.adv_radius, steps=max(cfg.adv_steps, 10),
             step_size=cfg.adv_step_size, norm=cfg.adv_norm, clamp=clamp,
-            generator=_generator(rt.scenario.seed, 6),
+            generator=client_generator(rt.scenario.seed, 6),
         )
     )  # fmt: skip

@@ -60,6 +60,12 @@ def loss_spec(cfg: LossConfig, input_range: tuple[float, float] | None = None): 
     )
 
 
+def client_generator(seed: int, *parts: int) -> torch.Generator:
+    """A torch generator for one (seed, purpose, round, client): the same on every engine."""
+    words = np.random.SeedSequence([seed, *parts]).generate_state(2, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(words[0] >> np.uint64(1)))
+
+
 @dataclass(frozen=True)
 class TrainResult:
     num_examples: int

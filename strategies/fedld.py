@@ -51,8 +51,6 @@ Fallbacks and buffers (:func:`aggregate_principal`)
 
 from __future__ import annotations
 
-import functools
-import io
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -65,6 +63,7 @@ from flwr.serverapp.strategy import FedAvg
 from numpy.typing import NDArray
 
 from fedsim.errors import AggregationError, ConfigError
+from strategies.records import array_view
 
 __all__ = [
     "DEFAULT_MEAN_ONLY",
@@ -356,40 +355,6 @@ def aggregate_principal(
 
 # ---------------------------------------------------------------------- Flower glue
 
-_NPY_STYPE = Array(np.zeros(0)).stype
-
-
-@functools.lru_cache(maxsize=4096)
-def _npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
-    """Parse a ``.npy`` header once per distinct header (clients share them per key)."""
-    stream = io.BytesIO(header)
-    version = np.lib.format.read_magic(stream)
-    read = {
-        (1, 0): np.lib.format.read_array_header_1_0,
-        (2, 0): np.lib.format.read_array_header_2_0,
-    }[version]
-    shape, fortran_order, dtype = read(stream)
-    return tuple(shape), bool(fortran_order), dtype
-
-
-def _array_to_numpy(array: Array) -> NDArray[Any]:
-    """Read-only zero-copy view of ``array`` when it holds ``.npy`` bytes, else a copy."""
-    data = array.data
-    if array.stype == _NPY_STYPE and isinstance(data, bytes) and data[:6] == b"\x93NUMPY":
-        # .npy: magic (6), version (2), header length (2 bytes in v1, 4 in v2), header
-        length_bytes = 2 if data[6] == 1 else 4
-        start = 8 + length_bytes
-        offset = start + int.from_bytes(data[8:start], "little")
-        try:
-            shape, fortran_order, dtype = _npy_header(data[:offset])
-        except (KeyError, ValueError, TypeError):
-            return array.numpy()
-        if not dtype.hasobject:
-            view = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=offset)
-            return view.reshape(shape, order="F" if fortran_order else "C")
-    return array.numpy()
-
-
 class _RecordView(Mapping[str, NDArray[Any]]):
     """Lazy numpy view of an ArrayRecord: each value is decoded when it is read."""
 
@@ -397,7 +362,7 @@ class _RecordView(Mapping[str, NDArray[Any]]):
         self._record = record
 
     def __getitem__(self, key: str) -> NDArray[Any]:
-        return _array_to_numpy(self._record[key])
+        return array_view(self._record[key])
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._record)
@@ -422,7 +387,7 @@ def _reply_problem(
         missing, extra = sorted(set(current) - set(record)), sorted(set(record) - set(current))
         return f"array keys differ from the global arrays (missing {missing}, extra {extra})"
     for key, expected in current.items():
-        array = _array_to_numpy(record[key])
+        array = array_view(record[key])
         if array.shape != expected.shape:
             return f"{key!r} has shape {array.shape}, expected {expected.shape}"
         if np.issubdtype(array.dtype, np.inexact) and not np.all(np.isfinite(array)):

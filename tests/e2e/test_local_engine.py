@@ -60,7 +60,7 @@ def test_one_client_one_epoch_fedavg_equals_plain_training() -> None:
     sc = load_scenario(DEFAULT, over)
     fed = build_federated(sc.data, sc.partition, sc.seed)
     model = build_model("mlp", fed.raw.input_shape, 2, sc.model.hidden, sc.seed)
-    from clients.app import _generator
+    from clients.training import client_generator as _generator
 
     c = fed.clients[0]
     for r in (1, 2):

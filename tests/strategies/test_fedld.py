@@ -30,11 +30,11 @@ from hypothesis.extra.numpy import arrays
 from fedsim.errors import AggregationError, ConfigError
 from strategies.fedld import (
     FedLD,
-    _array_to_numpy,
     aggregate_principal,
     num_directions,
     principal_gradient,
 )
+from strategies.records import array_view
 
 # ----------------------------------------------------------------------------- oracles
 
@@ -652,7 +652,7 @@ def test_start_with_in_memory_grid() -> None:
 def test_array_view_contract(value: np.ndarray) -> None:
     """Flower serialises Arrays as .npy bytes; FedLD reads them without copying."""
     array = Array(value)
-    view = _array_to_numpy(array)
+    view = array_view(array)
     expected = array.numpy()
     assert view.dtype == expected.dtype and view.shape == expected.shape
     assert np.array_equal(view, expected)
@@ -665,5 +665,5 @@ def test_array_view_falls_back_to_a_copy() -> None:
     stream = io.BytesIO()
     np.lib.format.write_array(stream, value, version=(3, 0))
     array = Array(dtype="float32", shape=(2, 3), stype=Array(value).stype, data=stream.getvalue())
-    decoded = _array_to_numpy(array)
+    decoded = array_view(array)
     assert decoded.flags.writeable and np.array_equal(decoded, value)  # np.load's copy
