@@ -106,7 +106,7 @@ def write_results(out_dir: Path, scenario: Scenario, execution: Execution, wall:
 
     arrays = {k: v.numpy() for k, v in execution.arrays.items()}
     frame = results.metrics_frame(execution.recorder.rows)
-    summary = make_summary(scenario, frame, wall, execution.wall_time)
+    summary = make_summary(scenario, frame, wall, execution.wall_time, execution.round_times)
     keys = json.dumps(list(arrays)).encode("utf-8")
     results.write_run(
         out_dir, scenario.to_toml(), frame, arrays, summary, extra_files={ARRAY_KEYS: keys}

@@ -106,7 +106,7 @@ def run(
     wall = time.perf_counter() - t0
     arrays = {k: np.asarray(v.numpy()) for k, v in execution.arrays.items()}
     frame = results.metrics_frame(execution.recorder.rows)
-    summary = make_summary(sc, frame, wall, execution.wall_time)
+    summary = make_summary(sc, frame, wall, execution.wall_time, execution.round_times)
     if out_dir is not None:
         extra: dict[str, bytes] = {}
         if sc.fairness.enabled and sc.fairness.bounds:  # AGLFOP frontier on the run's test rows
@@ -168,7 +168,13 @@ def _engine(name: str) -> Callable[..., Any]:
     raise ConfigError(f"engine: unknown engine {name!r} (expected local, ray or flower)")
 
 
-def make_summary(sc: Scenario, frame: pd.DataFrame, wall: float, loop: float) -> dict[str, Any]:
+def make_summary(
+    sc: Scenario,
+    frame: pd.DataFrame,
+    wall: float,
+    loop: float,
+    round_times: list[float] | None = None,
+) -> dict[str, Any]:
     """Final and best server metrics, timings and versions."""
     import flwr
     import torch
@@ -199,6 +205,7 @@ def make_summary(sc: Scenario, frame: pd.DataFrame, wall: float, loop: float) ->
         "failed_replies_total": int(failed),
         "wall_time_s": round(wall, 4),
         "round_loop_time_s": round(loop, 4),
+        "round_times_s": [round(t, 5) for t in round_times or []],
         "versions": {
             "fedsim": fedsim.__version__,
             "flwr": flwr.__version__ if hasattr(flwr, "__version__") else "",

@@ -99,6 +99,7 @@ class Execution:
     recorder: RunRecorder
     wall_time: float
     strategy: Strategy
+    round_times: list[float] = field(default_factory=list)  # seconds per round, as run
 
 
 def execute(
@@ -125,9 +126,17 @@ def execute(
         random.seed(scenario.seed)
     t0 = time.perf_counter()
 
+    round_times: list[float] = []
+    last = [t0]
+
     def after_round(server_round: int, current: ArrayRecord) -> MetricRecord | None:
-        if server_round > 0 and on_round is not None:
-            on_round(start_round + server_round, current, recorder)
+        if server_round > 0:
+            now = time.perf_counter()
+            round_times.append(now - last[0])
+            last[0] = now
+            if on_round is not None:
+                on_round(start_round + server_round, current, recorder)
+                last[0] = time.perf_counter()  # hooks (checkpoints, progress) are not rounds
         return None
 
     offset = _RoundOffset(outer, start_round)
@@ -140,7 +149,7 @@ def execute(
             evaluate_fn=after_round,
         )
     final = result.arrays if result.arrays is not None and len(result.arrays) else arrays
-    return Execution(final, recorder, time.perf_counter() - t0, inner)
+    return Execution(final, recorder, time.perf_counter() - t0, inner, round_times)
 
 
 @contextlib.contextmanager

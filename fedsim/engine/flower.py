@@ -243,8 +243,9 @@ def read_execution(
     weights = results.load_weights(out_dir)
     order = json.loads((out_dir / ARRAY_KEYS).read_text("utf-8"))
     arrays = ArrayRecord({k: Array(weights[k]) for k in order})
-    loop = float(results.read_summary(out_dir).get("round_loop_time_s", wall))
-    return Execution(arrays, recorder, loop, strategy)
+    summary = results.read_summary(out_dir)
+    loop = float(summary.get("round_loop_time_s", wall))
+    return Execution(arrays, recorder, loop, strategy, list(summary.get("round_times_s", [])))
 
 
 def replay_rounds(execution: Execution, on_round: RoundHook) -> None:
