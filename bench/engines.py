@@ -68,7 +68,7 @@ def child_plain(overrides: dict) -> dict:
         for c in fed.clients
     ]
     global_state = {k: v.clone() for k, v in model.state_dict().items()}
-    stamps = []
+    stamps = [time.perf_counter()]
     for rnd in range(1, sc.rounds + 1):
         total = 0
         acc = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in global_state.items()}
@@ -84,7 +84,7 @@ def child_plain(overrides: dict) -> dict:
         for pid, (_, _, xt, yt) in enumerate(tensors):
             ev = evaluate(model, xt, yt, fed.clients[pid].z_test, raw.num_groups, raw.num_classes)
             correct += ev.accuracy * ev.num_examples
-            stamps.append(time.perf_counter())
+        stamps.append(time.perf_counter())
     weights = {k: v.numpy() for k, v in global_state.items()}
     durations = [b - a for a, b in zip(stamps[:-1], stamps[1:], strict=True)]
     return {
@@ -163,9 +163,9 @@ def measure(mode: str, overrides: dict) -> dict:
         raise RuntimeError(f"{mode} failed:\n{err.decode()[-3000:]}")
     data = json.loads(Path(out).read_text())
     os.unlink(out)
-    # Steady state: the median round after the first (the plain loop's list already
-    # starts at round 2; the engines report every round, measured where it ran).
-    durations = sorted(data["durations"] if mode == "plain" else data["durations"][1:])
+    # Steady state: the median round after the first (every mode reports every round,
+    # timed where its round loop runs).
+    durations = sorted(data["durations"][1:])
     steady = durations[len(durations) // 2] if durations else None
     return {"wall": wall, "steady": steady, "peak_mb": peak / 2**20, "checksum": data["checksum"]}
 
