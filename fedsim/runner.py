@@ -16,6 +16,7 @@ from fedsim import checkpoint, results
 from fedsim.config import Scenario, build, load_scenario
 from fedsim.engine.core import RunRecorder, build_stack
 from fedsim.errors import ConfigError
+from strategies.fairness_accounting import FairnessAccounting
 
 ProgressFn = Callable[[int, int, Mapping[str, float]], None]
 
@@ -123,7 +124,7 @@ class _Start:
 
     recorder: RunRecorder
     stack: tuple[Any, Any]
-    accountant: Any
+    accountant: FairnessAccounting | None
     start_round: int = 0
     arrays: Any = None
 
@@ -137,7 +138,7 @@ def _prepare(sc: Scenario, run_config: dict[str, str], resume_from: Path | None)
     recorder = RunRecorder()
     stack = build_stack(sc, data, recorder)
     outer, inner = stack
-    accountant = outer.inner if outer.inner is not inner else None
+    accountant = outer.inner if isinstance(outer.inner, FairnessAccounting) else None
     start = _Start(recorder, stack, accountant)
     if resume_from is None:
         return start
