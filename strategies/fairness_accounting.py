@@ -28,8 +28,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp import Grid
+from flwr.app import Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 from numpy.typing import NDArray
 
@@ -42,6 +41,7 @@ from fairness.metrics import (
 )
 from fairness.pid import CLOSED_FORM, decompose
 from fedsim.errors import DataError, SolverError
+from strategies.wrapper import StrategyWrapper
 
 __all__ = [
     "ClientTable",
@@ -289,7 +289,7 @@ def _integer(value: object) -> int | None:
     return None
 
 
-class FairnessAccounting(Strategy):
+class FairnessAccounting(StrategyWrapper):
     """Account global and local disparity every round, around any Flower strategy.
 
     Parameters
@@ -317,31 +317,13 @@ class FairnessAccounting(Strategy):
     """
 
     def __init__(self, inner: Strategy, *, recorder: MetricSink | None = None, pid: bool = True):
-        self.inner = inner
+        super().__init__(inner)
         self.recorder = recorder
         self.pid = pid
         self.counts_history: dict[int, NDArray[np.int64]] = {}
         self.partition_history: dict[int, list[int]] = {}
         self.history: dict[int, RoundFairness] = {}
         self.seconds = 0.0
-
-    def summary(self) -> None:
-        self.inner.summary()
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.inner.configure_train(server_round, arrays, config, grid)
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        return self.inner.aggregate_train(server_round, replies)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]

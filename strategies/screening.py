@@ -18,6 +18,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from strategies.records import all_finite, array_signature
+from strategies.wrapper import StrategyWrapper
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class RoundRecord:
     replies: list[Message] = field(default_factory=list)  # usable replies
 
 
-class Screened(Strategy):
+class Screened(StrategyWrapper):
     """Drop and count unusable replies, then delegate to ``inner``.
 
     Parameters
@@ -52,12 +53,9 @@ class Screened(Strategy):
     """
 
     def __init__(self, inner: Strategy, on_phase: Callable[[RoundRecord], None] | None = None):
-        self.inner = inner
+        super().__init__(inner)
         self.on_phase = on_phase or (lambda record: None)
         self._sent: dict[str, tuple[int, ...]] = {}
-
-    def summary(self) -> None:
-        self.inner.summary()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -78,11 +76,6 @@ class Screened(Strategy):
         metrics = _with_counts(metrics, counts)
         self.on_phase(RoundRecord(server_round, "train", counts, metrics, usable))
         return arrays, metrics
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import random
 import time
@@ -28,6 +27,7 @@ from fedsim.config import Scenario
 from fedsim.data import FederatedData
 from strategies.registry import build_strategy
 from strategies.screening import RoundRecord, Screened
+from strategies.wrapper import StrategyWrapper
 
 log = logging.getLogger(__name__)
 
@@ -167,14 +167,12 @@ def flower_log_level() -> Iterator[None]:
         logger.setLevel(saved)
 
 
-class _RoundOffset(Strategy):
+class _RoundOffset(StrategyWrapper):
     """Shift round numbers by ``offset`` so that a resumed run continues its count."""
 
     def __init__(self, inner: Strategy, offset: int) -> None:
-        self.inner, self.offset = inner, offset
-
-    def summary(self) -> None:
-        self.inner.summary()
+        super().__init__(inner)
+        self.offset = offset
 
     def configure_train(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
         return self.inner.configure_train(server_round + self.offset, arrays, config, grid)
@@ -187,7 +185,3 @@ class _RoundOffset(Strategy):
 
     def aggregate_evaluate(self, server_round, replies):  # type: ignore[no-untyped-def]
         return self.inner.aggregate_evaluate(server_round + self.offset, replies)
-
-
-def is_finite_number(value: float) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)

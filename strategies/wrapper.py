@@ -1,0 +1,44 @@
+"""A strategy that wraps another: every hook delegates to ``inner``.
+
+fedsim's cross-cutting concerns (reply screening, fairness accounting, resumed round
+numbers) compose around any Flower strategy this way, as Flower's own DP wrappers
+do; each subclass overrides only the hooks it changes and never the round loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+
+class StrategyWrapper(Strategy):
+    """Delegate every hook of Flower's ``Strategy`` to ``inner``."""
+
+    def __init__(self, inner: Strategy) -> None:
+        self.inner = inner
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return self.inner.aggregate_train(server_round, replies)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round, replies)
