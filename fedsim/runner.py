@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -16,7 +16,9 @@ from fedsim import checkpoint, results
 from fedsim.config import Scenario, build, load_scenario
 from fedsim.engine.core import RunRecorder, build_stack
 from fedsim.errors import ConfigError
-from strategies.fairness_accounting import FairnessAccounting
+
+if TYPE_CHECKING:  # imported lazily: it brings in cvxpy
+    from strategies.fairness_accounting import FairnessAccounting
 
 ProgressFn = Callable[[int, int, Mapping[str, float]], None]
 
@@ -138,7 +140,11 @@ def _prepare(sc: Scenario, run_config: dict[str, str], resume_from: Path | None)
     recorder = RunRecorder()
     stack = build_stack(sc, data, recorder)
     outer, inner = stack
-    accountant = outer.inner if isinstance(outer.inner, FairnessAccounting) else None
+    accountant = None
+    if sc.fairness.enabled:
+        from strategies.fairness_accounting import FairnessAccounting
+
+        accountant = outer.inner if isinstance(outer.inner, FairnessAccounting) else None
     start = _Start(recorder, stack, accountant)
     if resume_from is None:
         return start
