@@ -184,7 +184,7 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
 
 
 def _robust_accuracy(rt: ClientRuntime, x: torch.Tensor, y: torch.Tensor) -> float:
-    from clients.losses import robust_accuracy
+    from clients.attacks import robust_accuracy
 
     cfg = rt.scenario.client.loss
     clamp = (0.0, 1.0) if rt.data.raw.kind == "image" else None
