@@ -8,7 +8,8 @@ two interleaved ``--repeats`` times after one warm-up run each. The table prints
 - the round-loop time per round with accounting off and on, and their difference,
   in wall-clock and in this process's CPU time (less disturbed by other load);
 - the time spent inside :class:`strategies.fairness_accounting.FairnessAccounting`
-  itself per round (its ``seconds``: pooling, disparities, PID, group metrics,
+  itself per round (its ``seconds``: reading the replies, the maths of
+  :mod:`fairness.accounting` (pooling, disparities, PID, group metrics) and the
   per-client rows; the inner strategy's aggregation excluded) and its share of the
   round time with accounting on (target <= 5 %);
 - the same for the warm-up run, whose first PID solve also builds and compiles the

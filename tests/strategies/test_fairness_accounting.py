@@ -19,18 +19,15 @@ from flwr.app import ConfigRecord, Error, Message, MessageType, MetricRecord, Re
 from flwr.serverapp.strategy import FedAvg, FedMedian, Strategy
 from sklearn.metrics import mutual_info_score
 
+import fairness.accounting as accounting
 import fedsim
 import strategies.fairness_accounting as fa
 from clients import keys
+from fairness.accounting import round_fairness
 from fairness.information import conditional_mutual_information, mutual_information
-from fairness.metrics import (
-    equalized_odds_difference,
-    group_accuracy,
-    statistical_parity_difference,
-)
 from fedsim.engine.grid import task_identity
 from fedsim.errors import DataError, SolverError
-from strategies.fairness_accounting import FairnessAccounting, client_fairness, round_fairness
+from strategies.fairness_accounting import FairnessAccounting
 
 LN2 = math.log(2)
 Samples = tuple[np.ndarray, np.ndarray, np.ndarray]  # z, y, yhat
@@ -225,27 +222,6 @@ def test_client_and_global_group_metrics_match_per_sample_computation(seed: int)
         assert m[f"acc-group-{g}"] == pytest.approx(float((y == yhat)[z == g].mean()))
 
 
-@pytest.mark.parametrize(("groups", "classes"), [(2, 2), (3, 2), (4, 3), (1, 3)])
-def test_batched_client_metrics_equal_fairness_metrics(groups: int, classes: int) -> None:
-    # The wrapper batches per-client metrics over clients; fairness.metrics and
-    # fairness.information own the definitions, one table at a time.
-    rng = np.random.default_rng(groups * 10 + classes)
-    counts = rng.integers(0, 6, size=(30, groups, classes, classes)) * (
-        rng.random((30, groups, classes, classes)) < 0.6
-    )
-    counts[rng.random(30) < 0.3, -1] = 0  # clients missing the last group
-    counts[counts.sum(axis=(1, 2, 3)) == 0, 0, 0, 0] = 1
-    for table, row in zip(counts, client_fairness(counts), strict=True):
-        disparity = mutual_information(table.sum(axis=1)) if groups > 1 else 0.0
-        assert row["disparity"] == pytest.approx(disparity, abs=1e-12)
-        assert row["spd"] == pytest.approx(statistical_parity_difference(table), abs=1e-12)
-        assert row["eod"] == pytest.approx(equalized_odds_difference(table), abs=1e-12)
-        accs = {k: v for k, v in row.items() if k.startswith("acc-group-")}
-        assert accs == {
-            f"acc-group-{z}": pytest.approx(a) for z, a in group_accuracy(table).items()
-        }
-
-
 # -------------------------------------------------------------- inner strategies
 
 
@@ -357,7 +333,7 @@ def test_single_group_gives_zero_disparity_without_solving(monkeypatch: pytest.M
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("decompose must not be called with one group")
 
-    monkeypatch.setattr(fa, "decompose", refuse)
+    monkeypatch.setattr(accounting, "decompose", refuse)
     tables = [np.array([[[30, 5], [8, 40]]]), np.array([[[10, 2], [1, 12]]])]
     strategy = FairnessAccounting(FedAvg(), recorder=Recorder())
     m = strategy.aggregate_evaluate(1, [reply(t, i) for i, t in enumerate(tables)])
@@ -382,7 +358,7 @@ def test_solver_failure_records_nan_and_warns(
     def fail(*args: Any, **kwargs: Any) -> None:
         raise SolverError("CLARABEL ended with status 'infeasible'")
 
-    monkeypatch.setattr(fa, "decompose", fail)
+    monkeypatch.setattr(accounting, "decompose", fail)
     clients = random_clients(13)
     with caplog.at_level(logging.WARNING, logger=fa.__name__):
         _, m = account(clients, rnd=5)
@@ -394,7 +370,7 @@ def test_solver_failure_records_nan_and_warns(
 
 
 def test_pid_off_skips_decomposition(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fa, "decompose", lambda *a, **k: pytest.fail("decompose called"))
+    monkeypatch.setattr(accounting, "decompose", lambda *a, **k: pytest.fail("decompose called"))
     strategy = FairnessAccounting(FedAvg(), pid=False)
     _, m = account(random_clients(14), strategy)
     assert not {"unique", "redundant", "masked", "pid-solved"} & set(m)
