@@ -45,6 +45,7 @@ import pandas as pd
 import scipy.sparse as sps
 from numpy.typing import ArrayLike, NDArray
 
+from fairness.roc import roc_points, validate_roc_region
 from fedsim.errors import DataError, SolverError
 
 __all__ = ["AGLFOPResult", "frontier", "roc_points", "solve"]
@@ -168,7 +169,7 @@ def solve(
     p = _validate_counts(counts)
     eps_g = _validate_eps(eps_global, "eps_global")
     eps_l = _validate_eps(eps_local, "eps_local")
-    roc = None if roc_region is None else _validate_roc(roc_region, p.shape)
+    roc = None if roc_region is None else validate_roc_region(roc_region, p.shape)
     model = _AGLFOPModel(p, roc)
     point = model.solve_point(eps_g, eps_l)
     if point.q is None:
@@ -230,7 +231,7 @@ def frontier(
     p = _validate_counts(counts)
     grid_g = _validate_grid(eps_global_grid, "eps_global_grid")
     grid_l = _validate_grid(eps_local_grid, "eps_local_grid")
-    roc = None if roc_region is None else _validate_roc(roc_region, p.shape)
+    roc = None if roc_region is None else validate_roc_region(roc_region, p.shape)
     model = _AGLFOPModel(p, roc)
     rows: list[dict[str, object]] = []
     total = grid_g.size * grid_l.size
@@ -250,76 +251,6 @@ def frontier(
             if progress is not None:
                 progress(len(rows), total)
     return pd.DataFrame(rows, columns=list(FRONTIER_COLUMNS))
-
-
-def roc_points(
-    scores: ArrayLike,
-    labels: ArrayLike,
-    groups: ArrayLike | None = None,
-    *,
-    num_groups: int | None = None,
-) -> list[FloatArray]:
-    """ROC curve points ``(fpr, tpr)`` of a score model, per group.
-
-    Thresholds run over every distinct score (predict 1 when ``score >= t``); tied scores
-    move together.  Each curve starts at ``(0, 0)`` and ends at ``(1, 1)``.
-
-    Parameters
-    ----------
-    scores : array_like, shape (n,)
-        Real-valued scores, larger meaning "more likely 1".
-    labels : array_like, shape (n,)
-        True binary labels in {0, 1}.
-    groups : array_like, shape (n,), optional
-        Integer group codes ``0 .. num_groups - 1``; ``None`` means one group.
-    num_groups : int, optional
-        Number of groups (default ``max(groups) + 1``).
-
-    Returns
-    -------
-    list of numpy.ndarray
-        ``out[z]`` has shape ``(k_z, 2)``, columns fpr and tpr, fpr non-decreasing.
-
-    Raises
-    ------
-    DataError
-        Mismatched lengths, non-binary labels, non-finite scores, bad group codes, or a
-        group without positives or negatives (its ROC curve is undefined).
-    """
-    s = np.asarray(scores, dtype=float)
-    y = np.asarray(labels)
-    g = np.zeros(s.shape, dtype=int) if groups is None else np.asarray(groups)
-    if s.ndim != 1 or y.shape != s.shape or g.shape != s.shape:
-        raise DataError(
-            f"scores, labels and groups must be 1-D of one length; got shapes {s.shape}, "
-            f"{y.shape}, {g.shape}."
-        )
-    if not np.all(np.isfinite(s)):
-        raise DataError("scores contain NaN or infinity; drop or impute those samples.")
-    if not np.all((y == 0) | (y == 1)):
-        raise DataError(f"labels must be 0 or 1; got values {np.unique(y)[:10].tolist()}.")
-    if s.size and (not np.all(g == np.round(g)) or g.min() < 0):
-        raise DataError("groups must be non-negative integer codes 0 .. num_groups - 1.")
-    g = g.astype(int)
-    n_groups = int(g.max()) + 1 if num_groups is None and g.size else int(num_groups or 0)
-    if n_groups < 1 or (g.size and g.max() >= n_groups):
-        raise DataError(f"num_groups={num_groups} does not cover the group codes given.")
-    return [_roc_curve(s[g == z], y[g == z].astype(float), z) for z in range(n_groups)]
-
-
-def _roc_curve(scores: FloatArray, labels: FloatArray, group: int) -> FloatArray:
-    positives, negatives = labels.sum(), (1.0 - labels).sum()
-    if positives == 0 or negatives == 0:
-        raise DataError(
-            f"group {group} has {int(positives)} positives and {int(negatives)} negatives; "
-            "an ROC curve needs both."
-        )
-    order = np.argsort(-scores, kind="mergesort")
-    ordered, hits = scores[order], labels[order]
-    block_ends = np.r_[np.flatnonzero(np.diff(ordered)), ordered.size - 1]
-    tpr = np.r_[0.0, np.cumsum(hits)[block_ends] / positives]
-    fpr = np.r_[0.0, np.cumsum(1.0 - hits)[block_ends] / negatives]
-    return np.column_stack([fpr, tpr])
 
 
 @dataclass(frozen=True)
@@ -568,29 +499,3 @@ def _validate_grid(grid: ArrayLike, name: str) -> FloatArray:
     for value in arr:
         _validate_eps(value, name)
     return arr
-
-
-def _validate_roc(
-    roc_region: ArrayLike | Sequence[ArrayLike], shape: tuple[int, ...]
-) -> list[FloatArray]:
-    n_z, n_y = shape[1], shape[2]
-    if n_y != 2:
-        raise DataError(f"roc_region needs a binary label (2 classes); counts have {n_y}.")
-    try:
-        dense = np.asarray(roc_region, dtype=float)
-    except ValueError:  # ragged: one array per group with different lengths
-        dense = None
-    if dense is not None and dense.ndim == 2:
-        per_group = [dense] * n_z
-    elif dense is not None and dense.ndim == 3:
-        per_group = list(dense)
-    else:
-        per_group = [np.asarray(pts, dtype=float) for pts in roc_region]  # type: ignore[union-attr]
-    if len(per_group) != n_z:
-        raise DataError(f"roc_region has {len(per_group)} groups; counts have {n_z}.")
-    for z, pts in enumerate(per_group):
-        if pts.ndim != 2 or pts.shape[1] != 2 or pts.shape[0] == 0:
-            raise DataError(f"roc_region[{z}] must have shape (k, 2) of (fpr, tpr); {pts.shape}.")
-        if not np.all(np.isfinite(pts)) or np.any(pts < 0) or np.any(pts > 1):
-            raise DataError(f"roc_region[{z}] rates must lie in [0, 1].")
-    return per_group

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from scipy.optimize import brentq, linprog
 
 from fairness import aglfop
-from fairness.aglfop import AGLFOPResult, frontier, roc_points, solve
+from fairness.aglfop import AGLFOPResult, frontier, solve
+from fairness.roc import roc_points
 from fedsim.errors import DataError, SolverError
 
 ACC_TOL = 1e-6
@@ -398,35 +399,6 @@ def test_infeasible_roc_region_raises_and_frontier_records_it() -> None:
     table = frontier(THREE_CLIENTS, [0.0, 5.0], [5.0], roc_region=point, compute_pid=False)
     assert table.status.tolist() == ["infeasible", "optimal"]
     assert math.isnan(table.accuracy[0]) and table.accuracy[1] > 0.5
-
-
-# --- roc_points ----------------------------------------------------------------------------
-
-
-def test_roc_points_by_hand_with_ties() -> None:
-    curve = roc_points([0.9, 0.8, 0.8, 0.3], [1, 1, 0, 0])[0]
-    np.testing.assert_allclose(curve, [[0, 0], [0, 0.5], [0.5, 1], [1, 1]])
-
-
-def test_roc_points_match_sklearn_per_group() -> None:
-    metrics = pytest.importorskip("sklearn.metrics")
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 2, size=300)
-    groups = rng.integers(0, 3, size=300)
-    scores = np.round(labels + rng.normal(size=300), 1)  # rounding makes ties
-    curves = roc_points(scores, labels, groups)
-    assert len(curves) == 3
-    for z, curve in enumerate(curves):
-        fpr, tpr, _ = metrics.roc_curve(labels[groups == z], scores[groups == z],
-                                        drop_intermediate=False)  # fmt: skip
-        np.testing.assert_allclose(curve, np.column_stack([fpr, tpr]))
-
-
-def test_roc_points_reject_a_group_without_negatives() -> None:
-    with pytest.raises(DataError, match="group 1 has 2 positives and 0 negatives"):
-        roc_points([0.1, 0.2, 0.3, 0.4], [0, 1, 1, 1], [0, 0, 1, 1])
-    with pytest.raises(DataError, match="0 or 1"):
-        roc_points([0.1, 0.2], [0, 2])
 
 
 def test_frontier_returns_a_dataframe_even_for_one_point() -> None:

@@ -1,0 +1,179 @@
+"""Background processes of the components: start, stop, pid files, logs and ports.
+
+A component (SuperLink, SuperNode, ``flwr`` CLI) is a folder with its ``FLWR_HOME``, a
+log and a pid file. A process is only signalled when its environment names the
+component's ``FLWR_HOME``, so a stale pid file never hits an unrelated process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedsim.deploy.commands import deploy_env
+from fedsim.deploy.errors import DeployError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Component:
+    """A SuperLink, a SuperNode or the ``flwr`` CLI: its folder, FLWR_HOME, log and pid."""
+
+    folder: Path
+
+    @classmethod
+    def at(cls, deployment: Path, name: str) -> Component:
+        return cls(Path(deployment).resolve() / name)
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    @property
+    def home(self) -> Path:
+        return self.folder / "home"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / f"{self.name}.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.folder / f"{self.name}.pid"
+
+    def pid(self) -> int | None:
+        try:
+            return int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+
+def start(component: Component, command: Sequence[str]) -> subprocess.Popen[bytes]:
+    """Start ``command`` in the background as ``component``; write its pid file.
+
+    The process gets a session of its own (it outlives the command that started it
+    and a Ctrl-C there), ``FLWR_HOME`` = ``component.home`` and its output goes to
+    ``component.log``.
+    """
+    running = component.pid()
+    if running is not None and _alive(running, component.home):
+        raise DeployError(
+            f"{component.name} already runs with pid {running} (pid file "
+            f"{component.pid_file}); stop it first (fedsim deploy stop)"
+        )
+    component.home.mkdir(parents=True, exist_ok=True)
+    with component.log.open("ab") as sink:
+        proc = subprocess.Popen(
+            list(command), env=deploy_env(component.home), cwd=component.folder,
+            stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    component.pid_file.write_text(f"{proc.pid}\n")
+    log.info("started %s (pid %s): %s", component.name, proc.pid, " ".join(command))
+    return proc
+
+
+def stop(*targets: Component, grace_s: float = 5.0) -> None:
+    """Stop components: SIGTERM to their pids, SIGKILL after ``grace_s``, then what they started.
+
+    All targets are signalled at once. Only a process whose environment names the
+    component's ``FLWR_HOME`` is signalled, so a stale pid file never hits an unrelated
+    process that reused the pid. What a component started (SuperExec, ServerApp and
+    ClientApp processes) carries its ``FLWR_HOME`` too and is stopped afterwards.
+    """
+    from fedsim.engine.flower import stop_processes
+
+    running = {c: pid for c in targets if (pid := c.pid()) is not None and _alive(pid, c.home)}
+    for pid in running.values():
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(_alive(p, c.home) for c, p in running.items()):
+        time.sleep(0.1)
+    for component, pid in running.items():
+        if _alive(pid, component.home):
+            log.warning("%s (pid %s) ignored SIGTERM; killing it", component.name, pid)
+            _signal(pid, signal.SIGKILL)
+    for component in targets:
+        stop_processes(component.home.resolve(), grace_s=grace_s)
+        component.pid_file.unlink(missing_ok=True)
+
+
+def components(deployment: Path) -> list[Component]:
+    """The components of ``deployment`` that have a pid file."""
+    root = Path(deployment).resolve()
+    return [Component(p.parent) for p in sorted(root.glob("*/*.pid")) if p.stem == p.parent.name]
+
+
+def stop_all(deployment: Path, grace_s: float = 5.0) -> list[str]:
+    """Stop every component of ``deployment``, SuperNodes before the SuperLink.
+
+    Returns the names of the components that had a pid file.
+    """
+    found = components(deployment)
+    nodes = [c for c in found if c.name != "superlink"]
+    stop(*nodes, grace_s=grace_s)  # they sign off from the SuperLink while it still runs
+    stop(*[c for c in found if c.name == "superlink"], grace_s=grace_s)
+    return [c.name for c in found]
+
+
+def _alive(pid: int, home: Path) -> bool:
+    """Whether ``pid`` is a live (not zombie) process of the component with ``home``.
+
+    A zombie child is not reaped here: a caller holding its ``Popen`` keeps its status.
+    """
+    proc = Path("/proc") / str(pid)
+    if not (Path("/proc") / "self" / "environ").exists():  # no /proc: trust the pid
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        environ = (proc / "environ").read_bytes().split(b"\0")
+    except (OSError, IndexError):
+        return False
+    marker = f"FLWR_HOME={Path(home).resolve()}".encode()
+    return state != "Z" and marker in environ
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def wait_for_port(host: str, port: int, proc: subprocess.Popen[bytes] | None, log_file: Path,
+                  timeout_s: float = 60.0) -> None:  # fmt: skip
+    """Wait until ``host:port`` accepts connections; fail early if ``proc`` exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise DeployError(
+                f"the process exited with code {proc.returncode} before listening on "
+                f"{host}:{port}; its log ({log_file}) ends:\n{tail(log_file)}"
+            )
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+            return
+        time.sleep(0.2)
+    raise DeployError(f"nothing listens on {host}:{port} after {timeout_s:.0f} s; see {log_file}")
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a log file, without colour codes ('' if missing)."""
+    try:
+        text = Path(path).read_text("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(re.sub(r"\x1b\[[0-9;]*m", "", text).strip().splitlines()[-lines:])

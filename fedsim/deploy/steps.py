@@ -1,0 +1,256 @@
+"""The deployment's steps: start the SuperLink and SuperNodes, register keys, list, run.
+
+Each step checks the files it needs (certificates, keys) and turns a failing ``flwr``
+command into a :class:`~fedsim.deploy.errors.DeployError` with the tail of its output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from fedsim import results
+from fedsim.deploy.certs import LOOPBACK, Certificates, NodeKey
+from fedsim.deploy.commands import (
+    DEFAULT_PORT,
+    DEFAULT_RUNTIME_PORT,
+    deploy_env,
+    list_nodes_command,
+    register_command,
+    run_command,
+    stop_run_command,
+    superlink_command,
+    supernode_command,
+    write_cli_config,
+)
+from fedsim.deploy.errors import DeployError
+from fedsim.deploy.processes import Component, start, stop, tail, wait_for_port
+from fedsim.errors import FedsimError
+
+
+def start_superlink(
+    deployment: Path, *, host: str = "0.0.0.0", port: int = DEFAULT_PORT, timeout_s: float = 60
+) -> subprocess.Popen[bytes]:
+    """Start the SuperLink of ``deployment`` (its certificates must exist) and wait for it."""
+    certs = _existing_certificates(deployment)
+    component = Component.at(deployment, "superlink")
+    component.folder.mkdir(parents=True, exist_ok=True)
+    command = superlink_command(certs, host=host, port=port, database=component.folder / "state.db")
+    proc = start(component, command)
+    probe = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host.strip("[]")
+    try:
+        wait_for_port(probe, port, proc, component.log, timeout_s)
+    except DeployError:
+        stop(component)
+        raise
+    return proc
+
+
+def start_supernode(
+    deployment: Path,
+    superlink: str,
+    *,
+    partition_id: int,
+    num_partitions: int,
+    data_dir: str | Path | None = None,
+    key: Path | None = None,
+    runtime_port: int = DEFAULT_RUNTIME_PORT,
+    name: str | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a SuperNode serving partition ``partition_id`` of ``num_partitions``.
+
+    ``key`` defaults to ``keys/node-<partition_id>.key``; ``name`` (the component's
+    folder) to ``supernode-<partition_id>``.
+    """
+    if not 0 <= partition_id < num_partitions:
+        raise DeployError(
+            f"--partition-id: expected 0 <= partition id < --num-partitions "
+            f"({num_partitions}), got {partition_id}"
+        )
+    ca = Certificates.at(deployment).ca
+    key = Path(key) if key is not None else NodeKey.at(deployment, f"node-{partition_id}").private
+    for path, what in ((ca, "the CA certificate"), (key, "the SuperNode's private key")):
+        if not path.is_file():
+            raise DeployError(f"{what} {path} does not exist; copy it here or create it "
+                              f"(fedsim deploy certs / fedsim deploy keygen)")  # fmt: skip
+    if data_dir:
+        data_dir = Path(data_dir).expanduser().resolve()
+    command = supernode_command(
+        superlink, ca.resolve(), key.resolve(), partition_id=partition_id,
+        num_partitions=num_partitions, data_dir=data_dir, runtime_port=runtime_port,
+    )  # fmt: skip
+    return start(Component.at(deployment, name or f"supernode-{partition_id}"), command)
+
+
+def flwr_cli(deployment: Path, superlink: str) -> Component:
+    """The ``flwr`` CLI's component, its ``config.toml`` naming ``superlink``."""
+    component = Component.at(deployment, "cli")
+    write_cli_config(component.home, superlink, _existing_ca(deployment))
+    return component
+
+
+def register_node(deployment: Path, public_key: Path, superlink: str) -> int:
+    """Register a SuperNode's public key with the SuperLink; return its node id."""
+    cli = flwr_cli(deployment, superlink)
+    out = _run_cli(cli, register_command(Path(public_key).resolve()), "register the key")
+    return int(_json_output(out, "register the key")["node-id"])
+
+
+def list_nodes(deployment: Path, superlink: str) -> list[dict[str, Any]]:
+    """The SuperLink's SuperNodes (``flwr supernode list``): node id, status..."""
+    cli = flwr_cli(deployment, superlink)
+    out = _run_cli(cli, list_nodes_command(), "list the SuperNodes")
+    return list(_json_output(out, "list the SuperNodes").get("nodes", []))
+
+
+def submit_run(
+    deployment: Path,
+    superlink: str,
+    scenario_toml: str,
+    *,
+    out_dir: Path,
+    data_dir: str | Path | None = None,
+    timeout_s: float | None = None,
+) -> int | None:
+    """Run a scenario on the deployment with ``flwr run ... --stream``.
+
+    ``out_dir`` and ``data_dir`` are paths on the SuperLink's machine (the ServerApp
+    runs there). Returns ``flwr run``'s exit code (None: it timed out and was killed;
+    its output is in ``cli/flwr-run.log``).
+    """
+    from fedsim.engine.flower import project_root
+
+    cli = flwr_cli(deployment, superlink)
+    rc_file = cli.folder / "run-config.toml"
+    rc_file.write_text(tomli_w.dumps({
+        "scenario": scenario_toml, "data-dir": str(data_dir or ""), "out-dir": str(out_dir),
+    }))  # fmt: skip
+    run_log = cli.folder / "flwr-run.log"
+    with run_log.open("wb") as sink:
+        proc = subprocess.Popen(
+            run_command(project_root(), rc_file), env=deploy_env(cli.home), cwd=cli.folder,
+            stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            return proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+        finally:
+            if proc.poll() is None:  # timed out or interrupted: the run must stop too
+                proc.kill()
+                proc.wait()
+                _stop_run(cli, run_log)
+
+
+def _stop_run(cli: Component, run_log: Path) -> None:
+    """``flwr stop`` the run that ``flwr run`` started (its id is in the log)."""
+    found = re.search(r"Successfully started run (\d+)", tail(run_log, 10_000))
+    if found is None:
+        return
+    command = stop_run_command(found.group(1))
+    with contextlib.suppress(subprocess.SubprocessError, OSError):
+        subprocess.run(
+            command, env=deploy_env(cli.home), cwd=cli.folder, capture_output=True,
+            timeout=60, check=False,
+        )  # fmt: skip
+
+
+def _run_cli(cli: Component, command: list[str], what: str) -> str:
+    proc = subprocess.run(
+        command, env=deploy_env(cli.home), cwd=cli.folder, capture_output=True, text=True,
+        timeout=120, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise DeployError(
+            f"flwr could not {what} (exit code {proc.returncode}): "
+            + " ".join((proc.stdout + proc.stderr).split())[-800:]
+        )
+    return proc.stdout
+
+
+def _json_output(text: str, what: str) -> dict[str, Any]:
+    start_at = text.find("{")
+    try:
+        value = json.loads(text[start_at:]) if start_at >= 0 else None
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict) or value.get("success") is False:
+        raise DeployError(f"flwr could not {what}: {' '.join(text.split())[-800:]}")
+    return value
+
+
+def _existing_ca(deployment: Path) -> Path:
+    ca = Certificates.at(deployment).ca
+    if not ca.is_file():
+        raise DeployError(
+            f"the CA certificate {ca} does not exist; create it with fedsim deploy certs "
+            f"or copy certs/ca.pem from the SuperLink's deployment folder"
+        )
+    return ca.resolve()
+
+
+def _existing_certificates(deployment: Path) -> Certificates:
+    certs = Certificates.at(Path(deployment).resolve())
+    missing = [p for p in (certs.ca, certs.server, certs.server_key) if not p.is_file()]
+    if missing:
+        raise DeployError(
+            f"the SuperLink needs {', '.join(map(str, missing))}; create them with "
+            f"fedsim deploy certs {deployment} --hosts <the SuperLink's host names/IPs>"
+        )
+    return certs
+
+
+def run_scenario(
+    deployment: Path,
+    superlink: str,
+    scenario_toml: str,
+    out_dir: Path,
+    data_dir: str | Path | None = None,
+    timeout_s: float | None = None,
+) -> dict[str, Any] | None:
+    """:func:`submit_run`, then read the results folder if it is on this machine.
+
+    Returns
+    -------
+    dict or None
+        The run's ``summary.json``; None when the SuperLink runs on another machine
+        and the folder is not here.
+
+    Raises
+    ------
+    FedsimError
+        The user error the ServerApp raised (its ``error.json``), same class.
+    DeployError
+        When ``flwr run`` failed or timed out (with the tail of its output).
+    """
+    from fedsim import errors
+    from fedsim.flower_app import ERROR
+
+    for stale in (Path(out_dir) / ERROR, Path(out_dir) / results.SUMMARY):
+        stale.unlink(missing_ok=True)  # from an earlier run into the same folder
+    code = submit_run(
+        deployment, superlink, scenario_toml, out_dir=out_dir, data_dir=data_dir,
+        timeout_s=timeout_s,
+    )  # fmt: skip
+    error_file = Path(out_dir) / ERROR
+    if error_file.is_file():
+        error = json.loads(error_file.read_text("utf-8"))
+        cls = getattr(errors, str(error.get("type")), None)
+        if isinstance(cls, type) and issubclass(cls, FedsimError):
+            raise cls(error["message"])
+    run_log = Component.at(deployment, "cli").folder / "flwr-run.log"
+    if code != 0:
+        status = "timed out" if code is None else f"exited with code {code}"
+        raise DeployError(f"flwr run {status}; {run_log} ends:\n{tail(run_log)}")
+    if (Path(out_dir) / results.SUMMARY).is_file():
+        return results.read_summary(out_dir)
+    host = superlink.rsplit(":", 1)[0].strip("[]")
+    if host in (*LOOPBACK, "::1"):  # the ServerApp ran here: no results means it failed
+        raise DeployError(f"the run ended without results; {run_log} ends:\n{tail(run_log)}")
+    return None
