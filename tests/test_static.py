@@ -27,7 +27,12 @@ def test_mypy_is_clean_on_the_packages() -> None:
 
 
 def test_no_deprecated_flower_surfaces() -> None:
-    banned = ("from flwr.server.strategy", "from flwr.common", "NumPyClient", "start_simulation")
+    # Spelled in pieces so that this file does not match its own search.
+    banned = tuple(
+        "".join(parts)
+        for parts in (("from flwr.", "server.strategy"), ("from flwr.", "common"),
+                      ("NumPy", "Client"), ("start_", "simulation"))
+    )  # fmt: skip
     offenders = [
         f"{path.relative_to(REPO)}: {word}"
         for pkg in PACKAGES

@@ -97,8 +97,7 @@ def _cmdline(pid: int) -> str:
 
 @pytest.fixture
 def watch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ProcessWatch]:
-    if not (PROC / "self" / "environ").exists():
-        pytest.skip("process checks need /proc")
+    assert (PROC / "self" / "environ").exists(), "these process checks need Linux's /proc"
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # FLWR_HOME goes under tmp_path
     with ProcessWatch(tmp_path) as w:
         yield w

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -24,10 +23,10 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedsim.engine.grid import InProcessGrid
 from fedsim.errors import AggregationError, ConfigError
 from strategies.fedld import FedLD
 from strategies.principal import aggregate_principal
@@ -40,45 +39,6 @@ def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(TaskIdentity, "_run_id", 1)
     monkeypatch.setattr(TaskIdentity, "_node_id", 0)
     monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-
-
-class InMemoryGrid(Grid):
-    """Grid that answers every message at once with ``handler(message)``."""
-
-    def __init__(self, node_ids: list[int], handler: Any = None) -> None:
-        self.node_ids = node_ids
-        self.handler = handler
-
-    def set_run(self, run: Any) -> None:
-        self._run = run
-
-    @property
-    def run(self) -> Any:
-        return self._run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.node_ids)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        raise NotImplementedError
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        return [self.handler(msg) for msg in messages]
 
 
 def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
@@ -104,7 +64,7 @@ def _round(
 ) -> dict[int, Message]:
     """configure_train for exactly ``nodes``; instruction message per node id."""
     strategy.min_available_nodes = strategy.min_train_nodes = len(nodes)
-    grid = InMemoryGrid(nodes)
+    grid = InProcessGrid(nodes, handler=lambda batch: [])
     msgs = strategy.configure_train(server_round, _record(current), ConfigRecord(), grid)
     return {msg.metadata.dst_node_id: msg for msg in msgs}
 
@@ -300,7 +260,8 @@ def test_start_with_in_memory_grid() -> None:
         return _reply(msg, local, 10 * node)
 
     strategy = FedLD(fraction_train=0.5, fraction_evaluate=0.0, min_available_nodes=6)
-    result = strategy.start(InMemoryGrid(list(range(1, 7)), train), _record(initial), 3)
+    grid = InProcessGrid(list(range(1, 7)), lambda batch: [train(m) for m in batch])
+    result = strategy.start(grid, _record(initial), 3)
     assert len(seen) == 9
     assert sorted(result.train_metrics_clientapp) == [1, 2, 3]
     assert all(m["fedld-usable"] == 3 for m in result.train_metrics_clientapp.values())
