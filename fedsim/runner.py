@@ -88,7 +88,8 @@ def run(
         For invalid scenarios, missing data and other problems the user can fix.
     """
     sc = resolve(scenario, overrides, engine)
-    run_config = {"scenario": sc.to_toml(), "data-dir": str(data_dir or "")}
+    config_toml = sc.to_toml()
+    run_config = {"scenario": config_toml, "data-dir": str(data_dir or "")}
     out_dir = Path(out) if out is not None else None
     t0 = time.perf_counter()
     state = _prepare(sc, run_config, Path(resume_from) if resume_from is not None else None)
@@ -97,7 +98,7 @@ def run(
         if out_dir is not None and sc.engine != "flower":  # Flower's runs cannot resume
             checkpoint.save(
                 out_dir, server_round, arrays, state.stack[1], state.accountant,
-                recorder.rows, sc.to_toml(),
+                recorder.rows, config_toml,
             )  # fmt: skip
         if progress is not None:
             progress(server_round, sc.rounds, recorder.latest())
@@ -116,7 +117,7 @@ def run(
             from fedsim.bounds import run_frontier_files
 
             extra = run_frontier_files(sc, frame, state.accountant, run_config)
-        results.write_run(out_dir, sc.to_toml(), frame, arrays, summary, extra_files=extra)
+        results.write_run(out_dir, config_toml, frame, arrays, summary, extra_files=extra)
     return RunResult(sc, frame, summary, arrays, out_dir)
 
 

@@ -15,7 +15,6 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
@@ -40,7 +39,8 @@ class RunRecorder:
     """Collects per-round metrics as long-form rows."""
 
     rows: list[Row] = field(default_factory=list)
-    extra_state: dict[str, Any] = field(default_factory=dict)
+    _latest: dict[str, float] = field(default_factory=dict, repr=False)
+    _scanned: int = field(default=0, repr=False)
 
     def on_phase(self, record: RoundRecord) -> None:
         r, phase = record.server_round, record.phase
@@ -61,12 +61,16 @@ class RunRecorder:
         self.rows.append((server_round, client, metric, float(value)))
 
     def latest(self) -> dict[str, float]:
-        """The newest server-level value of every metric."""
-        out: dict[str, float] = {}
-        for _, client, metric, value in self.rows:
+        """The newest server-level value of every metric.
+
+        Only rows added since the last call are scanned, so a progress bar costs
+        O(new rows) per round rather than O(all rows so far).
+        """
+        for _, client, metric, value in self.rows[self._scanned :]:
             if client == "server":
-                out[metric] = value
-        return out
+                self._latest[metric] = value
+        self._scanned = len(self.rows)
+        return dict(self._latest)
 
 
 def initial_arrays(scenario: Scenario, data: FederatedData) -> ArrayRecord:
