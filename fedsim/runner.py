@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -222,7 +222,3 @@ def make_summary(
             "python": platform.python_version(),
         },
     }
-
-
-def with_engine(sc: Scenario, engine: str) -> Scenario:
-    return replace(sc, engine=engine)  # type: ignore[arg-type]

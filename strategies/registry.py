@@ -142,6 +142,3 @@ def _check_type(strategy: str, key: str, value: Any, param: inspect.Parameter) -
             f"(default {default!r}), got {type(value).__name__} {value!r}"
         )
 
-
-STRATEGY_NAMES = tuple(REGISTRY)
-WEIGHT_KEY = keys.NUM_EXAMPLES
