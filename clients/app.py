@@ -66,6 +66,9 @@ class ClientRuntime:
 
 
 _runtimes: dict[tuple[str, str], ClientRuntime] = {}
+# A process serves one scenario at a time; keeping a couple bounds the memory of
+# sweeps that run many scenarios in one process (each holds its dataset and model).
+_MAX_RUNTIMES = 2
 _lock = threading.Lock()
 
 
@@ -105,6 +108,8 @@ def get_runtime(run_config: dict) -> ClientRuntime:
                 scenario.model.hidden, scenario.seed,
             ).to(device)  # fmt: skip
             _runtimes[key] = ClientRuntime(scenario, data, model, device)
+            while len(_runtimes) > _MAX_RUNTIMES:
+                del _runtimes[next(iter(_runtimes))]  # the oldest (insertion order)
         return _runtimes[key]
 
 
