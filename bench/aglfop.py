@@ -13,8 +13,7 @@ import time
 import warnings
 
 import numpy as np
-
-from fairness.aglfop import frontier
+from fedsim.fairness.aglfop import frontier
 
 TARGETS_S = {2: 3.0, 10: 20.0}
 GRID = np.r_[0.0, np.geomspace(1e-3, 0.3, 9)]  # bits; 10 values incl. the exact-zero LP

@@ -39,7 +39,7 @@ WORKLOADS = {
         "partition.num_clients": 100,
         "data.num_samples": 4000,
         "partition.method": "iid",
-    },  # fmt: skip
+    },
 }
 COMMON = {"fairness.enabled": False}
 MODES = ("plain", "local", "ray", "flower")
@@ -52,9 +52,9 @@ def child_plain(overrides: dict) -> dict:
     """FedAvg written directly in PyTorch: no Flower, no fedsim engine."""
     import numpy as np
     import torch
+    from fedsim.clients.models import build_model
+    from fedsim.clients.training import client_generator, evaluate, train  # as the ClientApp
 
-    from clients.models import build_model
-    from clients.training import client_generator, evaluate, train  # as the ClientApp
     from fedsim.config import load_scenario
     from fedsim.data import build_federated
 
@@ -140,8 +140,16 @@ def _tree_rss(root_pid: int, t0: float) -> int:
 def measure(mode: str, overrides: dict) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
         out = fh.name
-    cmd = [sys.executable, __file__, "--child", mode, "--overrides", json.dumps(overrides),
-           "--json", out]  # fmt: skip
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        mode,
+        "--overrides",
+        json.dumps(overrides),
+        "--json",
+        out,
+    ]
     t0 = time.time()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak = 0
@@ -185,8 +193,10 @@ def run_workload(name: str, modes: tuple[str, ...]) -> list[dict]:
 def print_table(name: str, rows: list[dict]) -> None:
     plain = next(r for r in rows if r["mode"] == "plain")
     print(f"\n### Workload {name}\n")
-    print("| mode | wall (s) | steady round (s) | start-up (s) | peak memory, all processes (MiB) "
-          "| wall / plain | steady / plain | memory / plain |")  # fmt: skip
+    print(
+        "| mode | wall (s) | steady round (s) | start-up (s) | peak memory, all processes (MiB) "
+        "| wall / plain | steady / plain | memory / plain |"
+    )
     print("|---|---|---|---|---|---|---|---|")
 
     def ratio(r: dict, key: str) -> str:
@@ -195,8 +205,10 @@ def print_table(name: str, rows: list[dict]) -> None:
     for r in rows:
         steady = f"{r['steady']:.3f}" if r["steady"] else "–"
         startup = f"{r['startup']:.2f}" if r["startup"] is not None else "–"
-        print(f"| {r['mode']} | {r['wall']:.2f} | {steady} | {startup} | {r['peak_mb']:.0f} | "
-              f"{ratio(r, 'wall')} | {ratio(r, 'steady')} | {ratio(r, 'peak_mb')} |")  # fmt: skip
+        print(
+            f"| {r['mode']} | {r['wall']:.2f} | {steady} | {startup} | {r['peak_mb']:.0f} | "
+            f"{ratio(r, 'wall')} | {ratio(r, 'steady')} | {ratio(r, 'peak_mb')} |"
+        )
     checks = {r["mode"]: round(r["checksum"], 3) for r in rows}
     print(f"\nSum of |final weights| per mode (same work, same result): {checks}")
 

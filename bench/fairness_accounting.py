@@ -7,9 +7,9 @@ two interleaved ``--repeats`` times after one warm-up run each. The table prints
 
 - the round-loop time per round with accounting off and on, and their difference,
   in wall-clock and in this process's CPU time (less disturbed by other load);
-- the time spent inside :class:`strategies.fairness_accounting.FairnessAccounting`
+- the time spent inside :class:`fedsim.strategies.fairness_accounting.FairnessAccounting`
   itself per round (its ``seconds``: reading the replies, the maths of
-  :mod:`fairness.accounting` (pooling, disparities, PID, group metrics) and the
+  :mod:`fedsim.fairness.accounting` (pooling, disparities, PID, group metrics) and the
   per-client rows; the inner strategy's aggregation excluded) and its share of the
   round time with accounting on (target <= 5 %);
 - the same for the warm-up run, whose first PID solve also builds and compiles the
@@ -26,10 +26,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from fedsim.strategies.fairness_accounting import FairnessAccounting
+
 from fedsim.engine.core import RunRecorder, build_stack
 from fedsim.engine.local import run_local
 from fedsim.runner import resolve
-from strategies.fairness_accounting import FairnessAccounting
 
 TARGET_SHARE = 0.05
 
@@ -44,7 +45,7 @@ class Timing:
 
 def run_once(scenario: str, enabled: bool, rounds: int | None) -> Timing:
     """One run of the scenario in the local engine; the wrapper's own clock read back."""
-    from clients.app import get_runtime
+    from fedsim.clients.app import get_runtime
 
     overrides: dict[str, Any] = {"fairness.enabled": enabled}
     if rounds:
@@ -102,8 +103,10 @@ def main() -> None:
     print(f"{'CPU difference on - off':38s} {diff:10.2f} {diff / cpu_on:8.1%}")
     share = inside / loop_on
     print(f"{'inside FairnessAccounting (warm)':38s} {inside:10.2f} {share:8.1%}")
-    print(f"{'inside FairnessAccounting (first run)':38s} {cold_inside:10.2f} "
-          f"{cold_inside / cold_loop:8.1%}")  # fmt: skip
+    print(
+        f"{'inside FairnessAccounting (first run)':38s} {cold_inside:10.2f} "
+        f"{cold_inside / cold_loop:8.1%}"
+    )
     print(f"{'  (first run, accounting off: loop)':38s} {1e3 * cold_off.loop_s / rounds:10.2f}")
     verdict = "within" if share <= TARGET_SHARE else "ABOVE"
     print(f"warm accounting share {share:.1%}: {verdict} the {TARGET_SHARE:.0%} target")

@@ -4,7 +4,7 @@ Run ``python bench/fedld.py [--clients 10] [--repeats 5]``. Both aggregators see
 same inputs in one run and the table prints FedLD / FedAvg ratios:
 
 - ``dicts``: numpy dicts in memory; FedAvg is the weighted mean in Flower's
-  arithmetic, FedLD is :func:`strategies.principal.aggregate_principal`.
+  arithmetic, FedLD is :func:`fedsim.strategies.principal.aggregate_principal`.
 - ``records``: Flower ``Message`` replies; FedAvg is ``FedAvg.aggregate_train``,
   FedLD is ``FedLD.aggregate_train`` (reply screening and ``ArrayRecord``
   (de)serialisation included), both past warm-up.
@@ -25,13 +25,12 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from fedsim.strategies.fedld import FedLD
+from fedsim.strategies.principal import aggregate_principal
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 from numpy.typing import NDArray
-
-from strategies.fedld import FedLD
-from strategies.principal import aggregate_principal
 
 
 def resnet18_shapes() -> dict[str, tuple[int, ...]]:

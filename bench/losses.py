@@ -6,7 +6,7 @@ warm-up. ``torch.set_num_threads`` is fixed (default 1) so the ratio does not de
 how many cores the machine happens to have free; the ratios measured in one run are
 printed, never asserted (see ``tests/`` for correctness).
 
-At tau = 1 :func:`clients.losses.comp_sum_loss` calls ``F.cross_entropy`` directly (the
+At tau = 1 :func:`fedsim.clients.losses.comp_sum_loss` calls ``F.cross_entropy`` directly (the
 two are the same function), so its ratio is the cost of argument checking only; the
 target is <= 1.3x.
 """
@@ -20,8 +20,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-
-from clients.losses import comp_sum_loss, loss_by_name
+from fedsim.clients.losses import comp_sum_loss, loss_by_name
 
 TARGET_RATIO = 1.3
 

@@ -13,9 +13,8 @@ from __future__ import annotations
 import statistics
 import time
 
+import fedsim.fairness.pid as pid
 import numpy as np
-
-import fairness.pid as pid
 
 TARGET_MS = {2: None, 10: 25.0, 100: 200.0}
 WARM_REPEATS = 30

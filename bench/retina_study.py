@@ -56,9 +56,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/retina-study"))
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="extra scenario override for every run (e.g. rounds=5)",
-    )  # fmt: skip
+    )
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     from fedsim.config import parse_assignment
@@ -75,9 +78,13 @@ def main() -> None:
         )
 
     runs = run_grid(
-        SCENARIO, study_grid(tuple(args.alphas)), args.seeds,
-        overrides=extra, data_dir=args.data_dir, progress=progress,
-    )  # fmt: skip
+        SCENARIO,
+        study_grid(tuple(args.alphas)),
+        args.seeds,
+        overrides=extra,
+        data_dir=args.data_dir,
+        progress=progress,
+    )
     wall = time.perf_counter() - t0
     table = format_table(summarise(runs), "method", "partition.alpha", scale=100.0)
     table.columns = [f"α = {alpha:g}" for alpha in table.columns]

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from fedsim.clients import keys
+from fedsim.clients.faults import InjectedCrash, corrupt_state, plan_faults
+from fedsim.clients.models import build_model
+from fedsim.clients.training import client_generator, evaluate, train
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients import keys
-from clients.faults import InjectedCrash, corrupt_state, plan_faults
-from clients.models import build_model
-from clients.training import client_generator, evaluate, train
 from fedsim.config import Scenario, load_scenario, loads_scenario
 from fedsim.data import FederatedData, build_federated
 
@@ -104,9 +104,12 @@ def get_runtime(run_config: dict) -> ClientRuntime:
             )
             device = resolve_device(scenario.device)
             model = build_model(
-                scenario.model.name, data.raw.input_shape, data.raw.num_classes,
-                scenario.model.hidden, scenario.seed,
-            ).to(device)  # fmt: skip
+                scenario.model.name,
+                data.raw.input_shape,
+                data.raw.num_classes,
+                scenario.model.hidden,
+                scenario.seed,
+            ).to(device)
             _runtimes[key] = ClientRuntime(scenario, data, model, device)
             while len(_runtimes) > _MAX_RUNTIMES:
                 del _runtimes[next(iter(_runtimes))]  # the oldest (insertion order)
@@ -140,11 +143,14 @@ def handle_train(msg: Message, context: Context) -> Message:
     rt.model.load_state_dict(incoming)
     x, y, _, _ = rt.client_tensors(pid)
     result = train(
-        rt.model, x, y, sc.client,
+        rt.model,
+        x,
+        y,
+        sc.client,
         generator=client_generator(sc.seed, 5, server_round, pid),
         proximal_mu=float(config.get(keys.PROXIMAL_MU, 0.0)),  # type: ignore[arg-type]
         input_range=(0.0, 1.0) if rt.data.raw.kind == "image" else None,
-    )  # fmt: skip
+    )
     state = {k: v.detach().cpu() for k, v in rt.model.state_dict().items()}
     state = corrupt_state(state, incoming, plan, sc.faults)
     context.state[keys.METRICS] = MetricRecord({"last-round": server_round})
@@ -189,14 +195,20 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
 
 
 def _robust_accuracy(rt: ClientRuntime, x: torch.Tensor, y: torch.Tensor) -> float:
-    from clients.attacks import robust_accuracy
+    from fedsim.clients.attacks import robust_accuracy
 
     cfg = rt.scenario.client.loss
     clamp = (0.0, 1.0) if rt.data.raw.kind == "image" else None
     return float(
         robust_accuracy(
-            rt.model, x, y, radius=cfg.adv_radius, steps=max(cfg.adv_steps, 10),
-            step_size=cfg.adv_step_size, norm=cfg.adv_norm, clamp=clamp,
+            rt.model,
+            x,
+            y,
+            radius=cfg.adv_radius,
+            steps=max(cfg.adv_steps, 10),
+            step_size=cfg.adv_step_size,
+            norm=cfg.adv_norm,
+            clamp=clamp,
             generator=client_generator(rt.scenario.seed, 6),
         )
-    )  # fmt: skip
+    )

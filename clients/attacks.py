@@ -2,13 +2,13 @@
 
 The smooth adversarial comp-sum loss follows Mao, Mohri & Zhong, "Cross-Entropy Loss
 Functions: Theoretical Analysis and Applications", ICML 2023 (Section 6): the comp-sum
-loss of :mod:`clients.losses` plus ``nu * sup_{||x' - x|| <= gamma}
+loss of :mod:`fedsim.clients.losses` plus ``nu * sup_{||x' - x|| <= gamma}
 ||Delta(x') - Delta(x)||_2`` with ``Delta(x) = h(x, .) - h(x, y)``; the supremum is
 approximated by projected gradient ascent (PGD, Madry et al., ICLR 2018).
 
 Pure maths: no Flower or Ray imports. Randomness only through an explicit
-``torch.Generator``. This module imports :mod:`clients.losses` (validators, comp-sum);
-:func:`clients.losses.objective` imports it back lazily, so there is no import cycle.
+``torch.Generator``. This module imports :mod:`fedsim.clients.losses` (validators, comp-sum);
+:func:`fedsim.clients.losses.objective` imports it back lazily, so there is no import cycle.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from fedsim.clients.losses import NORMS, Norm, _choice, _clamp_range, _number, comp_sum_loss
 
-from clients.losses import NORMS, Norm, _choice, _clamp_range, _number, comp_sum_loss
 from fedsim.errors import ConfigError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

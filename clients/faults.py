@@ -27,8 +27,9 @@ class FaultPlan:
     byzantine: bool = False
 
 
-def plan_faults(cfg: FaultsConfig, seed: int, server_round: int, partition_id: int,
-                num_partitions: int) -> FaultPlan:  # fmt: skip
+def plan_faults(
+    cfg: FaultsConfig, seed: int, server_round: int, partition_id: int, num_partitions: int
+) -> FaultPlan:
     """Decide which faults hit ``partition_id`` in ``server_round``."""
     if cfg == FaultsConfig():
         return FaultPlan()
@@ -46,9 +47,11 @@ def plan_faults(cfg: FaultsConfig, seed: int, server_round: int, partition_id: i
 
 
 def corrupt_state(
-    state: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor], plan: FaultPlan,
+    state: dict[str, torch.Tensor],
+    anchor: dict[str, torch.Tensor],
+    plan: FaultPlan,
     cfg: FaultsConfig,
-) -> dict[str, torch.Tensor]:  # fmt: skip
+) -> dict[str, torch.Tensor]:
     """Apply the planned reply corruption to a trained state dict (returns a new dict)."""
     out = dict(state)
     if plan.byzantine:

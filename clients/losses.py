@@ -9,9 +9,9 @@ Analysis and Applications", ICML 2023 (eq. 2 and Section 5). With scores ``h(x, 
 
 so tau = 0 is sum-exponential, tau = 1 cross-entropy, tau = 1 + q generalized
 cross-entropy ``(1 - p_y^q) / q`` and tau = 2 mean absolute error ``1 - p_y``. The smooth
-adversarial comp-sum loss (Section 6) and the PGD attack live in :mod:`clients.attacks`,
+adversarial comp-sum loss (Section 6) and the PGD attack live in :mod:`fedsim.clients.attacks`,
 which imports the validators and :func:`comp_sum_loss` from here; :func:`objective`
-imports :mod:`clients.attacks` inside the function, so there is no import cycle.
+imports :mod:`fedsim.clients.attacks` inside the function, so there is no import cycle.
 
 The margin-control penalty follows the code released with FedLD (Zeng et al., MICCAI
 2024), see :func:`margin_control_penalty`. :func:`proximal_term` is FedProx's
@@ -287,7 +287,7 @@ def proximal_term(
 @dataclass(frozen=True)
 class LossSpec:
     """Validated choice of local objective; see :func:`objective`. Fields named ``adv_*``
-    are the :func:`clients.attacks.adversarial_comp_sum_loss` settings, used when
+    are the :func:`fedsim.clients.attacks.adversarial_comp_sum_loss` settings, used when
     ``adv_nu > 0``."""
 
     name: str = "ce"
@@ -348,7 +348,7 @@ def objective(
     loss = comp_sum_loss(logits, target, spec.base_tau)
     if spec.adv_nu > 0:
         # Imported here: clients.attacks imports this module at load time.
-        from clients.attacks import adversarial_smoothness_term
+        from fedsim.clients.attacks import adversarial_smoothness_term
 
         loss = loss + spec.adv_nu * adversarial_smoothness_term(
             model,

@@ -19,9 +19,12 @@ class SGD:
     """``torch.optim.SGD`` with ``momentum``, ``weight_decay`` (no dampening/Nesterov)."""
 
     def __init__(
-        self, params: Sequence[torch.Tensor], lr: float, momentum: float = 0.0,
+        self,
+        params: Sequence[torch.Tensor],
+        lr: float,
+        momentum: float = 0.0,
         weight_decay: float = 0.0,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.params = list(params)
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.buffers: list[torch.Tensor | None] = [None] * len(self.params)
@@ -52,9 +55,13 @@ class Adam:
     """``torch.optim.Adam`` (L2 ``weight_decay``, no AMSGrad)."""
 
     def __init__(
-        self, params: Sequence[torch.Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8, weight_decay: float = 0.0,
-    ) -> None:  # fmt: skip
+        self,
+        params: Sequence[torch.Tensor],
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
         self.params = list(params)
         self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
         self.exp_avg = [torch.zeros_like(p) for p in self.params]

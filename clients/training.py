@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fedsim.clients.losses import proximal_term
+from fedsim.clients.optim import SGD, Adam
 from torch import nn
 
-from clients.losses import proximal_term
-from clients.optim import SGD, Adam
 from fedsim.config import ClientConfig, LossConfig
 
 Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -25,7 +25,7 @@ def make_objective(
     """The per-batch local objective selected by ``[client.loss]``.
 
     Plain cross-entropy takes PyTorch's fused kernel; every other combination goes
-    through :func:`clients.losses.objective`. ``input_range`` bounds adversarial
+    through :func:`fedsim.clients.losses.objective`. ``input_range`` bounds adversarial
     inputs ((0, 1) for images; ``None`` for standardised tabular features).
     """
     plain = (
@@ -35,15 +35,15 @@ def make_objective(
     )
     if plain:
         return lambda model, x, y: F.cross_entropy(model(x), y)
-    from clients.losses import objective
+    from fedsim.clients.losses import objective
 
     spec = loss_spec(cfg, input_range)
     return lambda model, x, y: objective(model, x, y, spec, generator=generator)
 
 
 def loss_spec(cfg: LossConfig, input_range: tuple[float, float] | None = None):  # -> LossSpec
-    """Translate the scenario's loss table into :class:`clients.losses.LossSpec`."""
-    from clients.losses import LossSpec
+    """Translate the scenario's loss table into :class:`fedsim.clients.losses.LossSpec`."""
+    from fedsim.clients.losses import LossSpec
 
     return LossSpec(
         name=cfg.name,

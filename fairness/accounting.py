@@ -7,13 +7,13 @@ in partition-id order, form ``counts[s, z, y, yhat]`` (so that P(S=k) = n_k / n)
 From them :func:`round_fairness` computes
 
 * global disparity I(Z;Ŷ) and local disparity I(Z;Ŷ|S), in bits;
-* their decomposition Uni/Red/Syn (:func:`fairness.pid.decompose`);
+* their decomposition Uni/Red/Syn (:func:`fedsim.fairness.pid.decompose`);
 * statistical-parity and equalized-odds differences and per-group accuracy of the
   pooled table;
 
 and :func:`client_fairness` each client's own I(Z;Ŷ), SPD, EOD and group accuracies.
 Pure numpy maths: the Flower wrapper that collects the tables every round is
-:class:`strategies.fairness_accounting.FairnessAccounting`.
+:class:`fedsim.strategies.fairness_accounting.FairnessAccounting`.
 """
 
 from __future__ import annotations
@@ -23,15 +23,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from numpy.typing import NDArray
-
-from fairness.information import conditional_mutual_information, mutual_information
-from fairness.metrics import (
+from fedsim.fairness.information import conditional_mutual_information, mutual_information
+from fedsim.fairness.metrics import (
     equalized_odds_difference,
     group_accuracy,
     statistical_parity_difference,
 )
-from fairness.pid import CLOSED_FORM, decompose
+from fedsim.fairness.pid import CLOSED_FORM, decompose
+from numpy.typing import NDArray
+
 from fedsim.errors import DataError, SolverError
 
 __all__ = [
@@ -148,15 +148,22 @@ def round_fairness(counts: NDArray, *, pid: bool = True) -> RoundFairness:
             global_bits, local_bits, nan, nan, nan, f"failed: {exc}", spd, eod, accs
         )
     return RoundFairness(
-        res.global_disparity, res.local_disparity, res.unique, res.redundant, res.masked,
-        res.status, spd, eod, accs,
-    )  # fmt: skip
+        res.global_disparity,
+        res.local_disparity,
+        res.unique,
+        res.redundant,
+        res.masked,
+        res.status,
+        spd,
+        eod,
+        accs,
+    )
 
 
 def client_fairness(counts: NDArray) -> list[dict[str, float]]:
     """Each client's own disparity I(Z;Ŷ) in bits, SPD, EOD and group accuracies.
 
-    The same quantities as :mod:`fairness.information` and :mod:`fairness.metrics`
+    The same quantities as :mod:`fedsim.fairness.information` and :mod:`fedsim.fairness.metrics`
     compute for one table, batched over clients: one call per client costs more
     than the whole round's PID solve once there are tens of clients.
 
@@ -204,7 +211,7 @@ def _batched_mutual_information(joint: NDArray) -> NDArray:
 def _batched_rate_spread(counts: NDArray) -> NDArray:
     """Per batch entry of ``counts[b, group, yhat]``: max over ŷ of the spread of P(ŷ|group).
 
-    As :mod:`fairness.metrics` defines it: groups without samples are skipped, so
+    As :mod:`fedsim.fairness.metrics` defines it: groups without samples are skipped, so
     fewer than two groups with samples give 0.
     """
     totals = counts.sum(axis=2)

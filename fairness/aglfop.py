@@ -43,9 +43,9 @@ import cvxpy as cp
 import numpy as np
 import pandas as pd
 import scipy.sparse as sps
+from fedsim.fairness.roc import roc_points, validate_roc_region
 from numpy.typing import ArrayLike, NDArray
 
-from fairness.roc import roc_points, validate_roc_region
 from fedsim.errors import DataError, SolverError
 
 __all__ = ["AGLFOPResult", "frontier", "roc_points", "solve"]
@@ -98,7 +98,8 @@ class AGLFOPResult:
     global_disparity, local_disparity : float
         ``I(Z; Ŷ)`` and ``I(Z; Ŷ | S)`` of ``q`` in bits, recomputed in numpy.
     unique, redundant, masked : float
-        PID terms of ``q`` (bits, from :func:`fairness.pid.decompose`); NaN when not computed.
+        PID terms of ``q`` (bits, from :func:`fedsim.fairness.pid.decompose`); NaN when
+        not computed.
     status : str
         ``"optimal"`` or ``"optimal_inaccurate"`` (solver stopped at reduced tolerance).
     duality_gap : float
@@ -411,7 +412,7 @@ def _result(q: FloatArray, point: _PointSolution, compute_pid: bool) -> AGLFOPRe
     global_bits, local_bits = _disparities_bits(q)
     unique = redundant = masked = float("nan")
     if compute_pid:
-        from fairness.pid import decompose
+        from fedsim.fairness.pid import decompose
 
         pid = decompose(q.sum(axis=2).transpose(1, 2, 0))  # [s, z, ŷ] -> [z, ŷ, s]
         unique, redundant, masked = float(pid.unique), float(pid.redundant), float(pid.masked)

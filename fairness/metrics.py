@@ -14,9 +14,8 @@ with class 1 as the positive prediction.
 from __future__ import annotations
 
 import numpy as np
+from fedsim.fairness.information import validate_table
 from numpy.typing import ArrayLike, NDArray
-
-from fairness.information import validate_table
 
 __all__ = [
     "accuracy",

@@ -34,9 +34,13 @@ import cvxpy as cp
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from fedsim.fairness.information import (
+    conditional_mutual_information,
+    mutual_information,
+    normalize,
+)
 from numpy.typing import ArrayLike, NDArray
 
-from fairness.information import conditional_mutual_information, mutual_information, normalize
 from fedsim.errors import DataError, SolverError
 
 __all__ = [

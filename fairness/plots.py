@@ -148,10 +148,15 @@ def frontier_svg(frontier: pd.DataFrame, achieved: Mapping[str, float] | None) -
         ax.set(ylabel="best accuracy (AGLFOP)")
     if achieved is not None:
         ax.plot(
-            achieved["global_disparity"], achieved["local_disparity"], marker="*", ms=16,
-            color="#e8432e", mec="white", ls="none",
+            achieved["global_disparity"],
+            achieved["local_disparity"],
+            marker="*",
+            ms=16,
+            color="#e8432e",
+            mec="white",
+            ls="none",
             label=f"trained model (accuracy {achieved['accuracy']:.4f})",
-        )  # fmt: skip
+        )
         ax.legend(loc="upper left", fontsize=8, framealpha=0.9)
     ax.set(xlabel="global budget ε_g (bits)", ylabel="local budget ε_l (bits)")
     ax.set_title("Best accuracy with I(Z;Ŷ) ≤ ε_g and I(Z;Ŷ|S) ≤ ε_l")

@@ -11,7 +11,7 @@ the optimum at its own disparities.
 This module is pure: it turns already loaded inputs (long-form metrics, the summary,
 an optional frontier) into HTML and :class:`pandas.DataFrame` tables; reading a run
 folder and writing the files is :func:`fedsim.bounds.write_report`'s job. The HTML has
-no external reference: figures are inline SVG (:mod:`fairness.plots`), styles are
+no external reference: figures are inline SVG (:mod:`fedsim.fairness.plots`), styles are
 inline, and nothing is fetched.
 """
 
@@ -104,7 +104,7 @@ class ReportInputs:
     summary
         The run's ``summary.json``.
     frontier
-        AGLFOP frontier (columns of :func:`fairness.aglfop.frontier`), or None.
+        AGLFOP frontier (columns of :func:`fedsim.fairness.aglfop.frontier`), or None.
     bound
         The AGLFOP optimum at the achieved disparities: ``accuracy``, ``status``.
     counts_source
@@ -283,7 +283,7 @@ def build_report(inputs: ReportInputs) -> Report:
         ``html`` (one self-contained page with a section per :data:`SECTIONS` entry),
         ``tables`` (keys of :data:`TABLE_FILES` the run supports) and the achieved point.
     """
-    from fairness import plots
+    from fedsim.fairness import plots
 
     achieved = achieved_point(inputs.metrics)
     tables = report_tables(inputs, achieved)
@@ -329,7 +329,7 @@ def _clients_section(table: pd.DataFrame | None, achieved: AchievedPoint | None)
 
 
 def _clients_figure(last: pd.DataFrame, global_bits: float | None) -> str:
-    from fairness import plots
+    from fedsim.fairness import plots
 
     return plots.clients_svg(last.dropna(subset=["disparity"]), global_bits)
 
@@ -337,7 +337,7 @@ def _clients_figure(last: pd.DataFrame, global_bits: float | None) -> str:
 def _frontier_section(
     inputs: ReportInputs, tables: Mapping[str, pd.DataFrame], achieved: AchievedPoint | None
 ) -> str:
-    from fairness import plots
+    from fedsim.fairness import plots
 
     if inputs.frontier is None:
         return _note(html.escape(inputs.frontier_note or "No AGLFOP frontier for this run."))

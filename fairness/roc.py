@@ -1,7 +1,7 @@
 """ROC points of a score model and the ROC regions the AGLFOP accepts (pure numpy).
 
 Model-specific variant of the AGLFOP (Hamman & Dutta, ICLR 2024, see
-:mod:`fairness.aglfop`): for a binary label, each group's rates ``(FPR_z, TPR_z)`` are
+:mod:`fedsim.fairness.aglfop`): for a binary label, each group's rates ``(FPR_z, TPR_z)`` are
 restricted to the convex hull of a trained score model's ROC points.  This module builds
 those points (:func:`roc_points`) and checks a user-given region
 (:func:`validate_roc_region`).

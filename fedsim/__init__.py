@@ -10,9 +10,19 @@ The Python API mirrors the CLI::
 
 from __future__ import annotations
 
+from pathlib import Path as _Path
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# fedsim's subpackages clients/, strategies/ and fairness/ sit beside this folder in the
+# source tree and are installed inside it (pyproject's package-dir). Where fedsim is
+# imported straight from a source tree -- a Flower FAB unpacked by `flwr run` or a
+# SuperNode, or a checkout on PYTHONPATH -- they are found beside it. An installed fedsim
+# has them inside and never looks beside itself.
+_here = _Path(__file__).resolve().parent
+if not (_here / "clients").is_dir() and (_here.parent / "clients" / "__init__.py").is_file():
+    __path__.append(str(_here.parent))  # noqa: F821 (module attribute of a package)
 
 if TYPE_CHECKING:
     from fedsim.runner import RunResult

@@ -1,5 +1,5 @@
 """AGLFOP bounds for scenarios and runs: glue between fedsim's data and results and
-:mod:`fairness.aglfop`.
+:mod:`fedsim.fairness.aglfop`.
 
 Hamman & Dutta, "Demystifying Local and Global Fairness Trade-offs in Federated Learning
 Using Partial Information Decomposition" (ICLR 2024), Sec. 5: the Accuracy and
@@ -32,10 +32,10 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
-from fairness.information import conditional_entropy, entropy, mutual_information
-from fairness.report import AchievedPoint, achieved_point
 from fedsim.config import Scenario
 from fedsim.errors import ConfigError, DataError, FedsimError
+from fedsim.fairness.information import conditional_entropy, entropy, mutual_information
+from fedsim.fairness.report import AchievedPoint, achieved_point
 
 __all__ = [
     "FRONTIER_CSV",
@@ -177,9 +177,9 @@ def compute_frontier(
     """The AGLFOP frontier of ``counts [s, z, y]`` on a ``num × num`` budget grid.
 
     The global grid tops out at ``H(Z)``, the local one at ``H(Z|S)``; see
-    :func:`budget_grid`. Columns as :func:`fairness.aglfop.frontier`.
+    :func:`budget_grid`. Columns as :func:`fedsim.fairness.aglfop.frontier`.
     """
-    from fairness.aglfop import frontier  # cvxpy: imported only when solving
+    from fedsim.fairness.aglfop import frontier  # cvxpy: imported only when solving
 
     info = describe_counts(counts)
     grid_g = budget_grid(info["H(Z)"], num)
@@ -193,7 +193,7 @@ def bound_at(counts: ArrayLike, point: AchievedPoint) -> dict[str, Any]:
     Returns ``{"accuracy", "status", "eps_global", "eps_local"}``; the accuracy is NaN
     when the solve fails (the reason is in ``status``).
     """
-    from fairness.aglfop import solve
+    from fedsim.fairness.aglfop import solve
 
     eps_g, eps_l = max(point.global_disparity, 0.0), max(point.local_disparity, 0.0)
     out: dict[str, Any] = {"eps_global": eps_g, "eps_local": eps_l}
@@ -228,7 +228,7 @@ def run_counts(
         return counts, source
     if run_config is None:
         raise DataError("run has no accounted round and no scenario to rebuild its test split")
-    from clients.app import get_runtime
+    from fedsim.clients.app import get_runtime
 
     data = get_runtime(dict(run_config)).data
     shape = (data.num_clients, data.raw.num_groups, data.raw.num_classes)
@@ -325,7 +325,7 @@ def write_report(
     DataError
         Its files cannot be read.
     """
-    from fairness.report import TABLE_FILES, ReportInputs, build_report
+    from fedsim.fairness.report import TABLE_FILES, ReportInputs, build_report
 
     path = Path(run_dir)
     metrics, summary, config_toml = _load_run(path)
@@ -339,9 +339,14 @@ def write_report(
         if record.get("achieved") != point.as_dict() and record.get("counts"):
             bound = bound_at(record["counts"], point)  # stored for another achieved point
     inputs = ReportInputs(
-        metrics, summary, frontier_table, bound,
-        None if record is None else record.get("counts_source"), note, config_toml,
-    )  # fmt: skip
+        metrics,
+        summary,
+        frontier_table,
+        bound,
+        None if record is None else record.get("counts_source"),
+        note,
+        config_toml,
+    )
     report = build_report(inputs)
     from fedsim import results
 
@@ -391,11 +396,16 @@ def _run_frontier(
         if grid is None or len(record.get("eps_global_grid", [])) == grid:
             return table, record, "", False
     if point is None:
-        return None, None, (
-            "No frontier: the run has no fairness accounting (fairness.enabled = false), so "
-            "there is no achieved point to compare with a bound. Rerun with "
-            "--set fairness.enabled=true --set fairness.bounds=true."
-        ), False  # fmt: skip
+        return (
+            None,
+            None,
+            (
+                "No frontier: the run has no fairness accounting (fairness.enabled = false), so "
+                "there is no achieved point to compare with a bound. Rerun with "
+                "--set fairness.enabled=true --set fairness.bounds=true."
+            ),
+            False,
+        )
     sc = _scenario(config_toml)
     counts, source = _checkpoint_counts(path)
     if counts is None:
@@ -483,9 +493,14 @@ def progress_bar(console: Any, quiet: bool = False) -> tuple[Callable[[], None],
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     bar = Progress(
-        TextColumn("[bold]AGLFOP frontier"), MofNCompleteColumn(), BarColumn(),
-        TimeElapsedColumn(), console=console, disable=quiet, transient=True,
-    )  # fmt: skip
+        TextColumn("[bold]AGLFOP frontier"),
+        MofNCompleteColumn(),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+        transient=True,
+    )
     task = bar.add_task("", total=None)
 
     def update(done: int, total: int) -> None:

@@ -30,9 +30,15 @@ CHECKPOINT = "checkpoint.safetensors"
 _ARRAYS, _STRATEGY, _FAIRNESS = "arrays/", "strategy/", "fairness/"
 
 
-def save(run_dir: Path, server_round: int, arrays: ArrayRecord, strategy: Any,
-         accountant: Any | None, rows: list[tuple[int, str, str, float]],
-         config_toml: str) -> None:  # fmt: skip
+def save(
+    run_dir: Path,
+    server_round: int,
+    arrays: ArrayRecord,
+    strategy: Any,
+    accountant: Any | None,
+    rows: list[tuple[int, str, str, float]],
+    config_toml: str,
+) -> None:
     """Write the checkpoint of ``server_round`` (and the scenario, once)."""
     from safetensors.numpy import save as st_save
 

@@ -75,9 +75,15 @@ def run(
     if out is None and resume is None:
         out = Path("runs") / scenario.stem
     progress = Progress(
-        TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
-        TextColumn("{task.description}"), console=console, disable=quiet, transient=False,
-    )  # fmt: skip
+        TextColumn("[bold]round"),
+        MofNCompleteColumn(),
+        BarColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=console,
+        disable=quiet,
+        transient=False,
+    )
     task = progress.add_task("", total=None)
 
     def report(done: int, total: int, latest: Mapping[str, float]) -> None:
@@ -104,9 +110,9 @@ def run(
 @app.command("list")
 def list_() -> None:
     """List datasets, partitioners, strategies, models and losses."""
-    from clients.models import MODELS
+    from fedsim.clients.models import MODELS
     from fedsim.data import METHODS, REGISTRY
-    from strategies.registry import REGISTRY as STRATEGIES
+    from fedsim.strategies.registry import REGISTRY as STRATEGIES
 
     typer.echo("datasets:")
     for info in REGISTRY.values():
@@ -152,9 +158,13 @@ def sweep(
         console.print(f"run {done}/{total}: eval-acc {row['eval-acc']:.4f}", highlight=False)
 
     frame = run_grid(
-        scenario, table, list(range(seeds)), overrides=_overrides(set_), data_dir=data_dir,
+        scenario,
+        table,
+        list(range(seeds)),
+        overrides=_overrides(set_),
+        data_dir=data_dir,
         progress=report,
-    )  # fmt: skip
+    )
     keys = list(table)
     summary = summarise(frame, "eval-acc", by=keys)
     if len(keys) == 1:
@@ -172,7 +182,7 @@ def pid(
     counts: Annotated[Path, typer.Argument(help="CSV: columns z, yhat, s, count (y optional).")],
 ) -> None:
     """Decompose global and local disparity of your own count table (bits)."""
-    from fairness.pid import pid_from_csv
+    from fedsim.fairness.pid import pid_from_csv
 
     res = pid_from_csv(counts)
     typer.echo(f"global disparity I(Z;Yhat)   {res.global_disparity:.6f} bits")
@@ -379,9 +389,14 @@ def deploy_supernode(
     from fedsim import deploy
 
     proc = deploy.start_supernode(
-        folder, superlink, partition_id=partition_id, num_partitions=num_partitions,
-        data_dir=data_dir, key=key, runtime_port=runtime_port,
-    )  # fmt: skip
+        folder,
+        superlink,
+        partition_id=partition_id,
+        num_partitions=num_partitions,
+        data_dir=data_dir,
+        key=key,
+        runtime_port=runtime_port,
+    )
     component = deploy.Component.at(folder, f"supernode-{partition_id}")
     typer.echo(f"SuperNode {partition_id} started, pid {proc.pid}, log {component.log}")
 

@@ -70,7 +70,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """The local objective (see :mod:`clients.losses`)."""
+    """The local objective (see :mod:`fedsim.clients.losses`)."""
 
     name: Literal["ce", "comp-sum", "sum-exp", "gce", "mae"] = "ce"
     tau: float = field(default=1.0, metadata=_range(0.0, 100.0))

@@ -29,8 +29,8 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from clients.app import client_app, get_runtime, scenario_from_run_config
 from fedsim import results
+from fedsim.clients.app import client_app, get_runtime, scenario_from_run_config
 from fedsim.config import Scenario
 from fedsim.engine.core import Execution, execute
 from fedsim.errors import FedsimError
@@ -84,8 +84,12 @@ def _check_federation_size(grid: Grid, num_clients: int) -> None:
             "strategies wait for all %d, and nodes with partition-id >= %d fail; in "
             "Flower's simulation set the size with `flwr run . --federation-config "
             "num-supernodes=%d`",
-            num_clients, num_nodes, num_clients, num_clients, num_clients,
-        )  # fmt: skip
+            num_clients,
+            num_nodes,
+            num_clients,
+            num_clients,
+            num_clients,
+        )
 
 
 def write_results(out_dir: Path, scenario: Scenario, execution: Execution, wall: float) -> None:

@@ -18,7 +18,7 @@ from fedsim.engine.core import RunRecorder, build_stack
 from fedsim.errors import ConfigError
 
 if TYPE_CHECKING:  # imported lazily: it brings in cvxpy
-    from strategies.fairness_accounting import FairnessAccounting
+    from fedsim.strategies.fairness_accounting import FairnessAccounting
 
 ProgressFn = Callable[[int, int, Mapping[str, float]], None]
 
@@ -97,16 +97,26 @@ def run(
     def on_round(server_round: int, arrays: Any, recorder: Any) -> None:
         if out_dir is not None and sc.engine != "flower":  # Flower's runs cannot resume
             checkpoint.save(
-                out_dir, server_round, arrays, state.stack[1], state.accountant,
-                recorder.rows, config_toml,
-            )  # fmt: skip
+                out_dir,
+                server_round,
+                arrays,
+                state.stack[1],
+                state.accountant,
+                recorder.rows,
+                config_toml,
+            )
         if progress is not None:
             progress(server_round, sc.rounds, recorder.latest())
 
     execution = _engine(sc.engine)(
-        sc, run_config, on_round=on_round, start_round=state.start_round,
-        arrays=state.arrays, recorder=state.recorder, stack=state.stack,
-    )  # fmt: skip
+        sc,
+        run_config,
+        on_round=on_round,
+        start_round=state.start_round,
+        arrays=state.arrays,
+        recorder=state.recorder,
+        stack=state.stack,
+    )
     wall = time.perf_counter() - t0
     arrays = {k: np.asarray(v.numpy()) for k, v in execution.arrays.items()}
     frame = results.metrics_frame(execution.recorder.rows)
@@ -135,7 +145,7 @@ class _Start:
 def _prepare(sc: Scenario, run_config: dict[str, str], resume_from: Path | None) -> _Start:
     """Load the data (user errors surface here, before anything is written), build the
     strategy stack and, when resuming, restore it from the checkpoint."""
-    from clients.app import get_runtime
+    from fedsim.clients.app import get_runtime
 
     data = get_runtime(run_config).data
     recorder = RunRecorder()
@@ -143,7 +153,7 @@ def _prepare(sc: Scenario, run_config: dict[str, str], resume_from: Path | None)
     outer, inner = stack
     accountant = None
     if sc.fairness.enabled:
-        from strategies.fairness_accounting import FairnessAccounting
+        from fedsim.strategies.fairness_accounting import FairnessAccounting
 
         accountant = outer.inner if isinstance(outer.inner, FairnessAccounting) else None
     start = _Start(recorder, stack, accountant)

@@ -6,7 +6,7 @@ an inner Flower strategy (composition: its sampling, aggregation and round loop 
 untouched), pools the usable tables of each round in partition-id order and reports
 the round's fairness metrics next to the inner strategy's, and each client's own
 metrics through a :class:`MetricSink`. The maths (Hamman & Dutta, ICLR 2024) lives
-in :mod:`fairness.accounting`; this module is the Flower glue.
+in :mod:`fedsim.fairness.accounting`; this module is the Flower glue.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+from fedsim.clients import keys
+from fedsim.fairness.accounting import RoundFairness, client_fairness, pool_counts, round_fairness
+from fedsim.strategies.wrapper import StrategyWrapper
 from flwr.app import Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 from numpy.typing import NDArray
 
-from clients import keys
-from fairness.accounting import RoundFairness, client_fairness, pool_counts, round_fairness
 from fedsim.errors import DataError
-from strategies.wrapper import StrategyWrapper
 
 __all__ = [
     "ClientTable",
@@ -72,8 +72,12 @@ def read_client_table(msg: Message) -> ClientTable | None:
     if not groups or not classes or flat.size != groups * classes * classes:
         log.warning(
             "client %d: fair-counts holds %d values, expected num-groups x num-classes^2 = "
-            "%s x %s^2; client skipped in fairness accounting", pid, flat.size, groups, classes,
-        )  # fmt: skip
+            "%s x %s^2; client skipped in fairness accounting",
+            pid,
+            flat.size,
+            groups,
+            classes,
+        )
         return None
     if not np.all(np.isfinite(flat)) or np.any(flat < 0) or np.any(flat != np.round(flat)):
         log.warning("client %d: fair-counts are not non-negative integers; skipped", pid)
@@ -153,8 +157,10 @@ class FairnessAccounting(StrategyWrapper):
             if odd:
                 log.warning(
                     "round %d: clients %s report a table shape other than %s; skipped",
-                    server_round, odd, shape,
-                )  # fmt: skip
+                    server_round,
+                    odd,
+                    shape,
+                )
             tables = [t for t in tables if t.counts.shape == shape]
         if not tables:
             log.warning("round %d: no evaluate reply holds fair-counts to account", server_round)
@@ -164,8 +170,10 @@ class FairnessAccounting(StrategyWrapper):
         if self.pid and not result.pid_solved:
             log.warning(
                 "round %d: PID solve failed (%s); unique/redundant/masked recorded as NaN "
-                "and pid-solved = 0", server_round, result.pid_status,
-            )  # fmt: skip
+                "and pid-solved = 0",
+                server_round,
+                result.pid_status,
+            )
         self.counts_history[server_round] = counts
         self.partition_history[server_round] = [t.partition_id for t in tables]
         self.history[server_round] = result

@@ -2,9 +2,9 @@
 
 Zeng et al., "Tackling Data Heterogeneity in Federated Learning via Loss
 Decomposition", MICCAI 2024. The maths (principal gradients, fallbacks for warm-up
-rounds, single clients and statistics buffers) lives in :mod:`strategies.principal`;
+rounds, single clients and statistics buffers) lives in :mod:`fedsim.strategies.principal`;
 this module is the Flower glue: it remembers the arrays sent each round, screens the
-replies and hands their arrays to :func:`strategies.principal.aggregate_principal`.
+replies and hands their arrays to :func:`fedsim.strategies.principal.aggregate_principal`.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 import numpy as np
+from fedsim.strategies.principal import DEFAULT_MEAN_ONLY, aggregate_principal
+from fedsim.strategies.records import array_view
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from numpy.typing import NDArray
 
 from fedsim.errors import AggregationError, ConfigError
-from strategies.principal import DEFAULT_MEAN_ONLY, aggregate_principal
-from strategies.records import array_view
 
 __all__ = ["FedLD"]
 
@@ -81,7 +81,9 @@ def _check_options(keep_ratio: float, server_lr: float, weighting: str, warmup_r
 
 
 class FedLD(FedAvg):
-    """FedAvg with FedLD's principal-gradient aggregation (maths: :mod:`strategies.principal`).
+    """FedAvg with FedLD's principal-gradient aggregation.
+
+    The maths lives in :mod:`fedsim.strategies.principal`.
 
     Parameters
     ----------
@@ -157,8 +159,12 @@ class FedLD(FedAvg):
         super().summary()
         logger.info(
             "FedLD: keep_ratio=%s server_lr=%s weighting=%s warmup_rounds=%d mean_only=%s",
-            self.keep_ratio, self.server_lr, self.weighting, self.warmup_rounds, self.mean_only,
-        )  # fmt: skip
+            self.keep_ratio,
+            self.server_lr,
+            self.weighting,
+            self.warmup_rounds,
+            self.mean_only,
+        )
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -8,10 +8,9 @@ import math
 from typing import Any
 
 import numpy as np
+from fedsim.clients import keys
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from numpy.typing import NDArray
-
-from clients import keys
 
 
 def aggregate_scalar_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:

@@ -12,12 +12,12 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+from fedsim.clients import keys
+from fedsim.strategies.records import aggregate_scalar_metrics
 from flwr.serverapp.strategy import Strategy
 
-from clients import keys
 from fedsim.config import StrategyConfig
 from fedsim.errors import ConfigError
-from strategies.records import aggregate_scalar_metrics
 
 # name -> "module:Class"; imported lazily so that listing strategies stays cheap.
 REGISTRY: dict[str, str] = {
@@ -33,7 +33,7 @@ REGISTRY: dict[str, str] = {
     "multikrum": "flwr.serverapp.strategy:MultiKrum",
     "bulyan": "flwr.serverapp.strategy:Bulyan",
     "qfedavg": "flwr.serverapp.strategy:QFedAvg",
-    "fedld": "strategies.fedld:FedLD",
+    "fedld": "fedsim.strategies.fedld:FedLD",
 }
 
 # Set by fedsim from the scenario, not by [strategy.options].
@@ -50,7 +50,7 @@ _MANAGED = {
     "configrecord_key",
 }
 # Options fedsim fills from the scenario but a scenario may still set.
-_DEFAULTED = {"client_learning_rate", "train_loss_key"}  # fmt: skip
+_DEFAULTED = {"client_learning_rate", "train_loss_key"}
 
 
 def register(name: str, target: str) -> None:
@@ -141,4 +141,3 @@ def _check_type(strategy: str, key: str, value: Any, param: inspect.Parameter) -
             f"strategy.options.{key}: {strategy} expects {type(default).__name__} "
             f"(default {default!r}), got {type(value).__name__} {value!r}"
         )
-

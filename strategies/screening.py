@@ -13,12 +13,11 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from fedsim.strategies.records import all_finite, array_signature
+from fedsim.strategies.wrapper import StrategyWrapper
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
-
-from strategies.records import all_finite, array_signature
-from strategies.wrapper import StrategyWrapper
 
 log = logging.getLogger(__name__)
 

@@ -161,10 +161,22 @@ def _synthetic_default(attr: str, root: Path | None) -> RawDataset:
 # ------------------------------------------------------------------------ tabular
 
 ADULT_COLUMNS = [
-    "age", "workclass", "fnlwgt", "education", "education-num", "marital-status",
-    "occupation", "relationship", "race", "sex", "capital-gain", "capital-loss",
-    "hours-per-week", "native-country", "income",
-]  # fmt: skip
+    "age",
+    "workclass",
+    "fnlwgt",
+    "education",
+    "education-num",
+    "marital-status",
+    "occupation",
+    "relationship",
+    "race",
+    "sex",
+    "capital-gain",
+    "capital-loss",
+    "hours-per-week",
+    "native-country",
+    "income",
+]
 UCI = "https://archive.ics.uci.edu/ml/machine-learning-databases"
 ADULT_FILES = (
     RemoteFile(
@@ -204,7 +216,7 @@ FASHION_FILES = {
         "t10k-images-idx3-ubyte.gz": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
         "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
     }.items()
-}  # fmt: skip
+}
 ALL_FILES = {
     "adult": ADULT_FILES,
     "compas": (COMPAS_FILE,),
@@ -261,23 +273,37 @@ def load_adult(attr: str, root: Path | None) -> RawDataset:
                 skipinitialspace=True,
                 na_values="?",
                 skiprows=skip,
-            )  # fmt: skip
+            )
         )
     df = pd.concat(frames, ignore_index=True).dropna()
     if len(df) < 1000:
         raise DataError(f"adult: only {len(df)} complete rows read; the files look wrong")
     label = (df.pop("income").str.rstrip(".") == ">50K").astype(np.int64)
     df = df.drop(columns=["fnlwgt", "education"])  # sampling weight; duplicate of education-num
-    cats = ["workclass", "marital-status", "occupation", "relationship", "race", "sex",
-            "native-country"]  # fmt: skip
+    cats = [
+        "workclass",
+        "marital-status",
+        "occupation",
+        "relationship",
+        "race",
+        "sex",
+        "native-country",
+    ]
     return _tabular("adult", df, label, df[attr], attr, cats, ("<=50K", ">50K"))
 
 
 @register("compas", ("race", "sex"), "ProPublica COMPAS two-year recidivism (6,172 rows)")
 def load_compas(attr: str, root: Path | None) -> RawDataset:
     df = _read_csv(fetch(COMPAS_FILE, root))
-    needed = {"days_b_screening_arrest", "is_recid", "c_charge_degree", "score_text",
-              "two_year_recid", "race", "sex"}  # fmt: skip
+    needed = {
+        "days_b_screening_arrest",
+        "is_recid",
+        "c_charge_degree",
+        "score_text",
+        "two_year_recid",
+        "race",
+        "sex",
+    }
     if missing := needed - set(df.columns):
         raise DataError(f"compas: columns missing from the CSV: {sorted(missing)}")
     df = df[
@@ -287,14 +313,24 @@ def load_compas(attr: str, root: Path | None) -> RawDataset:
         & df.score_text.notna()
     ]
     label = df["two_year_recid"].astype(np.int64)
-    features = ["sex", "age", "age_cat", "race", "juv_fel_count", "juv_misd_count",
-                "juv_other_count", "priors_count", "c_charge_degree"]  # fmt: skip
+    features = [
+        "sex",
+        "age",
+        "age_cat",
+        "race",
+        "juv_fel_count",
+        "juv_misd_count",
+        "juv_other_count",
+        "priors_count",
+        "c_charge_degree",
+    ]
     frame = df[features].reset_index(drop=True)
     z = frame["race"].eq("African-American").map({True: "African-American", False: "other"})
     z = z if attr == "race" else frame["sex"]
     cats = ["sex", "age_cat", "race", "c_charge_degree"]
-    return _tabular("compas", frame, label.reset_index(drop=True), z, attr, cats,
-                    ("no-recid", "recid"))  # fmt: skip
+    return _tabular(
+        "compas", frame, label.reset_index(drop=True), z, attr, cats, ("no-recid", "recid")
+    )
 
 
 @register("bank", ("age", "marital"), "UCI Bank Marketing term deposit (45,211 rows)")
@@ -308,8 +344,17 @@ def load_bank(attr: str, root: Path | None) -> RawDataset:
         z = df["age"].between(25, 60).map({True: "25-60", False: "<25 or >60"})
     else:
         z = df["marital"]
-    cats = ["job", "marital", "education", "default", "housing", "loan", "contact", "month",
-            "poutcome"]  # fmt: skip
+    cats = [
+        "job",
+        "marital",
+        "education",
+        "default",
+        "housing",
+        "loan",
+        "contact",
+        "month",
+        "poutcome",
+    ]
     return _tabular("bank", df, label, z, attr, cats, ("no", "yes"))
 
 
@@ -362,8 +407,18 @@ def load_fashion_mnist(attr: str, root: Path | None) -> RawDataset:
         xs.append(images.reshape(-1, 1, 28, 28))
         ys.append(labels)
     x = np.concatenate(xs).astype(np.float32) / 255.0
-    classes = ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-               "Sneaker", "Bag", "Ankle boot")  # fmt: skip
+    classes = (
+        "T-shirt",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    )
     return _image_dataset("fashion-mnist", x, np.concatenate(ys), classes)
 
 

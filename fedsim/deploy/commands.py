@@ -27,13 +27,21 @@ def superlink_command(
     """``flower-superlink`` with TLS, SuperNode authentication and a state database."""
     return [
         _executable("flower-superlink"),
-        "--ssl-ca-certfile", str(certs.ca), "--ssl-certfile", str(certs.server),
-        "--ssl-keyfile", str(certs.server_key),
+        "--ssl-ca-certfile",
+        str(certs.ca),
+        "--ssl-certfile",
+        str(certs.server),
+        "--ssl-keyfile",
+        str(certs.server_key),
         "--enable-supernode-auth",
-        "--host", host, "--port", str(port),
-        "--database", str(database),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--database",
+        str(database),
         "--disable-runtime-dependency-installation",
-    ]  # fmt: skip
+    ]
 
 
 def node_config(partition_id: int, num_partitions: int, data_dir: str | Path | None) -> str:
@@ -71,17 +79,32 @@ def supernode_command(
     """``flower-supernode`` that authenticates with ``private_key`` over TLS."""
     return [
         _executable("flower-supernode"),
-        "--superlink", superlink, "--root-certificates", str(ca),
-        "--auth-supernode-private-key", str(private_key),
-        "--node-config", node_config(partition_id, num_partitions, data_dir),
-        "--host", "127.0.0.1", "--port", str(runtime_port),
-    ]  # fmt: skip
+        "--superlink",
+        superlink,
+        "--root-certificates",
+        str(ca),
+        "--auth-supernode-private-key",
+        str(private_key),
+        "--node-config",
+        node_config(partition_id, num_partitions, data_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(runtime_port),
+    ]
 
 
 def register_command(public_key: Path) -> list[str]:
     """``flwr supernode register`` for the connection of :func:`write_cli_config`."""
-    return [_executable("flwr"), "supernode", "register", str(public_key), CONNECTION,
-            "--format", "json"]  # fmt: skip
+    return [
+        _executable("flwr"),
+        "supernode",
+        "register",
+        str(public_key),
+        CONNECTION,
+        "--format",
+        "json",
+    ]
 
 
 def list_nodes_command() -> list[str]:
@@ -90,8 +113,15 @@ def list_nodes_command() -> list[str]:
 
 def run_command(project: Path, run_config: Path) -> list[str]:
     """``flwr run`` of fedsim's Flower App with a run-config file, streaming its log."""
-    return [_executable("flwr"), "run", str(project), CONNECTION,
-            "--run-config", str(run_config), "--stream"]  # fmt: skip
+    return [
+        _executable("flwr"),
+        "run",
+        str(project),
+        CONNECTION,
+        "--run-config",
+        str(run_config),
+        "--stream",
+    ]
 
 
 def stop_run_command(run_id: int | str) -> list[str]:

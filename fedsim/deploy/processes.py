@@ -74,10 +74,14 @@ def start(component: Component, command: Sequence[str]) -> subprocess.Popen[byte
     component.home.mkdir(parents=True, exist_ok=True)
     with component.log.open("ab") as sink:
         proc = subprocess.Popen(
-            list(command), env=deploy_env(component.home), cwd=component.folder,
-            stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
+            list(command),
+            env=deploy_env(component.home),
+            cwd=component.folder,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
-        )  # fmt: skip
+        )
     component.pid_file.write_text(f"{proc.pid}\n")
     log.info("started %s (pid %s): %s", component.name, proc.pid, " ".join(command))
     return proc
@@ -154,8 +158,13 @@ def _signal(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
-def wait_for_port(host: str, port: int, proc: subprocess.Popen[bytes] | None, log_file: Path,
-                  timeout_s: float = 60.0) -> None:  # fmt: skip
+def wait_for_port(
+    host: str,
+    port: int,
+    proc: subprocess.Popen[bytes] | None,
+    log_file: Path,
+    timeout_s: float = 60.0,
+) -> None:
     """Wait until ``host:port`` accepts connections; fail early if ``proc`` exits."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -77,14 +77,21 @@ def start_supernode(
     key = Path(key) if key is not None else NodeKey.at(deployment, f"node-{partition_id}").private
     for path, what in ((ca, "the CA certificate"), (key, "the SuperNode's private key")):
         if not path.is_file():
-            raise DeployError(f"{what} {path} does not exist; copy it here or create it "
-                              f"(fedsim deploy certs / fedsim deploy keygen)")  # fmt: skip
+            raise DeployError(
+                f"{what} {path} does not exist; copy it here or create it "
+                f"(fedsim deploy certs / fedsim deploy keygen)"
+            )
     if data_dir:
         data_dir = Path(data_dir).expanduser().resolve()
     command = supernode_command(
-        superlink, ca.resolve(), key.resolve(), partition_id=partition_id,
-        num_partitions=num_partitions, data_dir=data_dir, runtime_port=runtime_port,
-    )  # fmt: skip
+        superlink,
+        ca.resolve(),
+        key.resolve(),
+        partition_id=partition_id,
+        num_partitions=num_partitions,
+        data_dir=data_dir,
+        runtime_port=runtime_port,
+    )
     return start(Component.at(deployment, name or f"supernode-{partition_id}"), command)
 
 
@@ -128,15 +135,25 @@ def submit_run(
 
     cli = flwr_cli(deployment, superlink)
     rc_file = cli.folder / "run-config.toml"
-    rc_file.write_text(tomli_w.dumps({
-        "scenario": scenario_toml, "data-dir": str(data_dir or ""), "out-dir": str(out_dir),
-    }))  # fmt: skip
+    rc_file.write_text(
+        tomli_w.dumps(
+            {
+                "scenario": scenario_toml,
+                "data-dir": str(data_dir or ""),
+                "out-dir": str(out_dir),
+            }
+        )
+    )
     run_log = cli.folder / "flwr-run.log"
     with run_log.open("wb") as sink:
         proc = subprocess.Popen(
-            run_command(project_root(), rc_file), env=deploy_env(cli.home), cwd=cli.folder,
-            stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            run_command(project_root(), rc_file),
+            env=deploy_env(cli.home),
+            cwd=cli.folder,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
         try:
             return proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -156,16 +173,25 @@ def _stop_run(cli: Component, run_log: Path) -> None:
     command = stop_run_command(found.group(1))
     with contextlib.suppress(subprocess.SubprocessError, OSError):
         subprocess.run(
-            command, env=deploy_env(cli.home), cwd=cli.folder, capture_output=True,
-            timeout=60, check=False,
-        )  # fmt: skip
+            command,
+            env=deploy_env(cli.home),
+            cwd=cli.folder,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
 
 
 def _run_cli(cli: Component, command: list[str], what: str) -> str:
     proc = subprocess.run(
-        command, env=deploy_env(cli.home), cwd=cli.folder, capture_output=True, text=True,
-        timeout=120, check=False,
-    )  # fmt: skip
+        command,
+        env=deploy_env(cli.home),
+        cwd=cli.folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     if proc.returncode != 0:
         raise DeployError(
             f"flwr could not {what} (exit code {proc.returncode}): "
@@ -235,9 +261,13 @@ def run_scenario(
     for stale in (Path(out_dir) / ERROR, Path(out_dir) / results.SUMMARY):
         stale.unlink(missing_ok=True)  # from an earlier run into the same folder
     code = submit_run(
-        deployment, superlink, scenario_toml, out_dir=out_dir, data_dir=data_dir,
+        deployment,
+        superlink,
+        scenario_toml,
+        out_dir=out_dir,
+        data_dir=data_dir,
         timeout_s=timeout_s,
-    )  # fmt: skip
+    )
     error_file = Path(out_dir) / ERROR
     if error_file.is_file():
         error = json.loads(error_file.read_text("utf-8"))

@@ -20,13 +20,13 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from clients import keys
-from clients.models import build_model
+from fedsim.clients import keys
+from fedsim.clients.models import build_model
 from fedsim.config import Scenario
 from fedsim.data import FederatedData
-from strategies.registry import build_strategy
-from strategies.screening import RoundRecord, Screened
-from strategies.wrapper import StrategyWrapper
+from fedsim.strategies.registry import build_strategy
+from fedsim.strategies.screening import RoundRecord, Screened
+from fedsim.strategies.wrapper import StrategyWrapper
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def build_stack(
     inner = build_strategy(scenario.strategy, data.num_clients, scenario.client.lr)
     core: Strategy = inner
     if scenario.fairness.enabled:
-        from strategies.fairness_accounting import FairnessAccounting
+        from fedsim.strategies.fairness_accounting import FairnessAccounting
 
         core = FairnessAccounting(inner, recorder=recorder, pid=scenario.fairness.pid)
     return Screened(core, on_phase=recorder.on_phase), inner

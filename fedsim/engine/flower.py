@@ -59,7 +59,7 @@ from fedsim.data.files import data_dir as resolve_data_dir
 from fedsim.engine.core import Execution, RoundHook, RunRecorder
 from fedsim.errors import ConfigError
 from fedsim.flower_app import ARRAY_KEYS, ERROR, OUT_DIR
-from strategies.registry import build_strategy
+from fedsim.strategies.registry import build_strategy
 
 log = logging.getLogger(__name__)
 
@@ -159,12 +159,20 @@ def flwr_run_command(
     run_toml = {"scenario": scenario.to_toml(), "data-dir": str(data_dir), OUT_DIR: str(out_dir)}
     rc_file.write_text(tomli_w.dumps(run_toml))
     return [
-        _flwr_executable(), "run", str(project), CONNECTION, "--run-config", str(rc_file),
-        "--federation-config", f"num-supernodes={scenario.partition.num_clients}",
-        "--federation-config", f"client-resources-num-cpus={num_cpus}",
-        "--federation-config", f"client-resources-num-gpus={float(scenario.ray.num_gpus)}",
+        _flwr_executable(),
+        "run",
+        str(project),
+        CONNECTION,
+        "--run-config",
+        str(rc_file),
+        "--federation-config",
+        f"num-supernodes={scenario.partition.num_clients}",
+        "--federation-config",
+        f"client-resources-num-cpus={num_cpus}",
+        "--federation-config",
+        f"client-resources-num-gpus={float(scenario.ray.num_gpus)}",
         "--stream",
-    ]  # fmt: skip
+    ]
 
 
 def project_root() -> Path:
@@ -384,8 +392,10 @@ def _process_table(home: Path) -> list[tuple[int, int, int, bool]]:
     else:
         out = subprocess.run(
             ["ps", "-A", "-o", "pid=", "-o", "ppid=", "-o", "pgid=", "-o", "stat=", "-o", "args="],
-            capture_output=True, text=True, check=False,
-        ).stdout  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
         for line in out.splitlines():
             pid, ppid, pgid, stat, *args = line.split(None, 4)
             if not stat.startswith("Z"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flwr.app import ArrayRecord
 
-from clients.app import client_app, get_runtime
+from fedsim.clients.app import client_app, get_runtime
 from fedsim.config import Scenario
 from fedsim.engine.core import Execution, RoundHook, RunRecorder, execute
 from fedsim.engine.grid import InProcessGrid, local_handler, make_contexts, task_identity
@@ -31,6 +31,12 @@ def run_local(
     grid = InProcessGrid(contexts, local_handler(client_app, contexts), run_id=run_id)
     with task_identity(run_id):
         return execute(
-            scenario, runtime.data, grid, on_round=on_round, start_round=start_round,
-            arrays=arrays, recorder=recorder, stack=stack,
-        )  # fmt: skip
+            scenario,
+            runtime.data,
+            grid,
+            on_round=on_round,
+            start_round=start_round,
+            arrays=arrays,
+            recorder=recorder,
+            stack=stack,
+        )

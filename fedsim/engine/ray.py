@@ -6,7 +6,7 @@ Design
   available CPUs — and GPUs when ``ray.num_gpus`` > 0 — fit at ``ray.num_cpus`` /
   ``ray.num_gpus`` each, capped at the number of clients). Each actor is one process
   with one ClientApp runtime (data and one model instance, built once by
-  :func:`clients.app.get_runtime`) and runs its simulated clients one after another.
+  :func:`fedsim.clients.app.get_runtime`) and runs its simulated clients one after another.
   A fractional ``ray.num_gpus`` packs several actors onto one GPU.
 * **Pinning.** Node ``k`` (in node-id order, i.e. partition id ``k``) belongs to actor
   ``k mod num_actors`` for the whole run. Its :class:`~flwr.app.Context` lives in that
@@ -54,7 +54,7 @@ from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.app import Metadata as MessageMetadata
 from ray.exceptions import GetTimeoutError, OutOfMemoryError, RayActorError
 
-from clients.app import client_app, get_runtime
+from fedsim.clients.app import client_app, get_runtime
 from fedsim.config import RayConfig, Scenario
 from fedsim.engine.core import Execution, RoundHook, RunRecorder, execute, flower_log_level
 from fedsim.engine.grid import InProcessGrid, call_client, error_reply, make_contexts, task_identity
@@ -94,9 +94,15 @@ def run_ray(
             grid = InProcessGrid(contexts, pool.handle, run_id=run_id)
             with task_identity(run_id):
                 return execute(
-                    scenario, runtime.data, grid, on_round=on_round, start_round=start_round,
-                    arrays=arrays, recorder=recorder, stack=stack,
-                )  # fmt: skip
+                    scenario,
+                    runtime.data,
+                    grid,
+                    on_round=on_round,
+                    start_round=start_round,
+                    arrays=arrays,
+                    recorder=recorder,
+                    stack=stack,
+                )
 
 
 @contextlib.contextmanager
@@ -139,9 +145,11 @@ def _connect(address: str) -> None:
             ray.init(address=address, runtime_env=env, logging_level=logging.WARNING)
         else:  # "local": never attach by accident to a `ray start` cluster on this machine
             ray.init(
-                address="local", num_cpus=machine_cpus(), include_dashboard=False,
+                address="local",
+                num_cpus=machine_cpus(),
+                include_dashboard=False,
                 logging_level=logging.WARNING,
-            )  # fmt: skip
+            )
 
 
 def _probe(address: str, timeout: float = 10.0) -> None:
@@ -177,8 +185,12 @@ def pool_size(cfg: RayConfig, num_clients: int, available: Mapping[str, float]) 
     if cfg.num_actors:
         wanted = min(cfg.num_actors, num_clients)
         if wanted > size:  # an autoscaling cluster may still grow to fit them
-            log.warning("ray.num_actors=%d but %d fit now; the rest wait up to %g s to start",
-                        wanted, size, READY_TIMEOUT_S)  # fmt: skip
+            log.warning(
+                "ray.num_actors=%d but %d fit now; the rest wait up to %g s to start",
+                wanted,
+                size,
+                READY_TIMEOUT_S,
+            )
         return wanted
     if size < 1:
         raise FedsimError(
@@ -224,9 +236,13 @@ def rebuild_message(meta: MessageMetadata, content: RecordDict) -> Message:
     """The message with ``meta`` and ``content`` again, through Flower's public constructor."""
     with task_identity(meta.run_id, meta.src_node_id, meta.src_task_id or 0):
         msg = Message(
-            content, meta.dst_node_id, meta.message_type, ttl=meta.ttl,
-            group_id=meta.group_id, dst_task_id=meta.dst_task_id,
-        )  # fmt: skip
+            content,
+            meta.dst_node_id,
+            meta.message_type,
+            ttl=meta.ttl,
+            group_id=meta.group_id,
+            dst_task_id=meta.dst_task_id,
+        )
     msg.metadata.__dict__["_message_id"] = meta.message_id  # as the Grid sets it
     msg.metadata.created_at, msg.metadata.src_task_id = meta.created_at, meta.src_task_id
     return msg

@@ -7,14 +7,14 @@ from typing import TypedDict
 import pytest
 import torch
 import torch.nn.functional as F
-
-from clients.attacks import (
+from fedsim.clients.attacks import (
     adversarial_comp_sum_loss,
     adversarial_smoothness_term,
     pgd_attack,
     robust_accuracy,
 )
-from clients.losses import LossSpec, Norm, comp_sum_loss, margin_control_penalty, objective
+from fedsim.clients.losses import LossSpec, Norm, comp_sum_loss, margin_control_penalty, objective
+
 from fedsim.errors import ConfigError
 
 

@@ -8,10 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from clients.losses import (
+from fedsim.clients.losses import (
     LossSpec,
     comp_sum_loss,
     loss_by_name,
@@ -21,6 +18,9 @@ from clients.losses import (
     proximal_term,
     resolve_tau,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from fedsim.errors import ConfigError
 from tests.clients.test_attacks import _images, _model
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from clients.optim import SGD, Adam
+from fedsim.clients.optim import SGD, Adam
 
 
 def _trajectory(make, steps: int = 25) -> list[torch.Tensor]:

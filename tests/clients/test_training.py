@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fedsim.clients.losses import LossSpec, objective
+from fedsim.clients.models import build_model
+from fedsim.clients.training import evaluate, make_objective, train
 
 import fedsim
-from clients.losses import LossSpec, objective
-from clients.models import build_model
-from clients.training import evaluate, make_objective, train
 from fedsim.config import ClientConfig, LossConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,7 +36,7 @@ def test_composed_objective_is_the_sum_of_its_parts() -> None:
     x, y = _data()
     model = build_model("mlp", (6,), 2, (8,), 0)
     cfg = LossConfig(name="comp-sum", tau=0.5, margin_lambda=0.2)
-    from clients.losses import comp_sum_loss, margin_control_penalty
+    from fedsim.clients.losses import comp_sum_loss, margin_control_penalty
 
     logits = model(x)
     expected = comp_sum_loss(logits, y, 0.5) + margin_control_penalty(logits, 0.2, "batch")

@@ -88,17 +88,26 @@ def test_deployment_with_tls_and_node_auth_matches_local_engine(deployment: Path
     lap["superlink"] = time.perf_counter() - t0
     # A SuperNode whose key was never registered: the SuperLink must refuse it.
     intruder = deploy.start_supernode(
-        deployment, superlink, partition_id=0, num_partitions=2, key=intruder_key.private,
-        runtime_port=runtime_ports[2], name="intruder",
-    )  # fmt: skip
+        deployment,
+        superlink,
+        partition_id=0,
+        num_partitions=2,
+        key=intruder_key.private,
+        runtime_port=runtime_ports[2],
+        name="intruder",
+    )
     data_dir = os.environ.get("FEDSIM_DATA_DIR")
 
     def register_and_start(k: int) -> int:
         node_id = deploy.register_node(deployment, keys[k].public, superlink)
         deploy.start_supernode(
-            deployment, superlink, partition_id=k, num_partitions=2, data_dir=data_dir,
+            deployment,
+            superlink,
+            partition_id=k,
+            num_partitions=2,
+            data_dir=data_dir,
             runtime_port=runtime_ports[k],
-        )  # fmt: skip
+        )
         return node_id
 
     with ThreadPoolExecutor(2) as pool:
@@ -147,8 +156,10 @@ def test_certificates_name_the_hosts_and_chain_to_the_ca(tmp_path: Path) -> None
     san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert set(san.get_values_for_type(x509.DNSName)) == {"link.example.org", "localhost"}
     assert {str(ip) for ip in san.get_values_for_type(x509.IPAddress)} == {
-        "10.0.0.5", "127.0.0.1", "::1",
-    }  # fmt: skip
+        "10.0.0.5",
+        "127.0.0.1",
+        "::1",
+    }
     server.verify_directly_issued_by(ca)
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     assert not server.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
@@ -174,9 +185,14 @@ def test_command_lines(tmp_path: Path) -> None:
     assert "--disable-runtime-dependency-installation" in link
     assert link[link.index("--ssl-ca-certfile") + 1] == str(certs.ca)
     node = deploy.supernode_command(
-        "link.example.org:9000", certs.ca, tmp_path / "k", partition_id=1, num_partitions=3,
-        data_dir="/data dir/x", runtime_port=9095,
-    )  # fmt: skip
+        "link.example.org:9000",
+        certs.ca,
+        tmp_path / "k",
+        partition_id=1,
+        num_partitions=3,
+        data_dir="/data dir/x",
+        runtime_port=9095,
+    )
     assert node[node.index("--node-config") + 1] == (
         "partition-id=1 num-partitions=3 data-dir='/data dir/x'"
     )
@@ -193,8 +209,10 @@ def test_node_config_is_what_flower_parses(tmp_path: Path) -> None:
     for name in ('odd "dir"', "it's here", "C:\\data", "a b=c"):
         text = deploy.node_config(2, 4, tmp_path / name)
         assert parse_config_args([text]) == {
-            "partition-id": 2, "num-partitions": 4, "data-dir": str(tmp_path / name),
-        }, text  # fmt: skip
+            "partition-id": 2,
+            "num-partitions": 4,
+            "data-dir": str(tmp_path / name),
+        }, text
     with pytest.raises(deploy.DeployError, match="--data-dir"):
         deploy.node_config(0, 1, 'it\'s "quoted"')
 
@@ -212,15 +230,27 @@ def test_cli_user_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert code == 0, err
     assert (tmp_path / "certs" / "server.pem").is_file()
     code, _, err = fedsim_cli(
-        "supernode", str(tmp_path), "--superlink", "127.0.0.1:9", "--partition-id", "0",
-        "--num-partitions", "2",
-    )  # fmt: skip
+        "supernode",
+        str(tmp_path),
+        "--superlink",
+        "127.0.0.1:9",
+        "--partition-id",
+        "0",
+        "--num-partitions",
+        "2",
+    )
     assert code == 2 and err.startswith("fedsim: error: the SuperNode's private key")
     assert len(err.strip().splitlines()) == 1
     code, _, err = fedsim_cli(
-        "supernode", str(tmp_path), "--superlink", "127.0.0.1:9", "--partition-id", "2",
-        "--num-partitions", "2",
-    )  # fmt: skip
+        "supernode",
+        str(tmp_path),
+        "--superlink",
+        "127.0.0.1:9",
+        "--partition-id",
+        "2",
+        "--num-partitions",
+        "2",
+    )
     assert code == 2 and "--partition-id" in err
     code, out, _ = fedsim_cli("stop", str(tmp_path))
     assert code == 0 and out.strip() == "nothing was running"

@@ -17,7 +17,7 @@ DEFAULT = Path(__file__).resolve().parents[2] / "scenarios" / "default.toml"
 
 @pytest.fixture(autouse=True)
 def _quiet() -> None:
-    logging.getLogger("strategies.screening").setLevel(logging.ERROR)
+    logging.getLogger("fedsim.strategies.screening").setLevel(logging.ERROR)
 
 
 def test_crashing_clients_are_counted_and_the_run_finishes() -> None:
@@ -57,9 +57,12 @@ def test_some_nan_replies_are_dropped_and_the_rest_averaged() -> None:
 
 def test_robust_strategies_resist_byzantine_scaling() -> None:
     over = {
-        "rounds": 5, "faults.byzantine_fraction": 0.3, "faults.byzantine_mode": "scale",
-        "faults.byzantine_scale": -5.0, "fairness.enabled": False,
-    }  # fmt: skip
+        "rounds": 5,
+        "faults.byzantine_fraction": 0.3,
+        "faults.byzantine_mode": "scale",
+        "faults.byzantine_scale": -5.0,
+        "fairness.enabled": False,
+    }
     fedavg = fedsim.run(DEFAULT, over).summary["final"]["eval-acc"]
     median = fedsim.run(DEFAULT, {**over, "strategy.name": "fedmedian"}).summary["final"][
         "eval-acc"

@@ -129,10 +129,28 @@ def test_cli_runs_the_flower_engine(tmp_path: Path, watch: ProcessWatch) -> None
     # ... but not Ray's sockets: their paths must stay short.
     env["RAY_TMPDIR"] = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
     proc = subprocess.run(
-        [sys.executable, "-m", "fedsim.cli", "run", str(DEFAULT), "--engine", "flower",
-         "--set", "rounds=1", "--set", "partition.num_clients=3", "--out", str(out), "-q"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "fedsim.cli",
+            "run",
+            str(DEFAULT),
+            "--engine",
+            "flower",
+            "--set",
+            "rounds=1",
+            "--set",
+            "partition.num_clients=3",
+            "--out",
+            str(out),
+            "-q",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = results.read_summary(out)
     assert summary["engine"] == "flower" and summary["rounds"] == 1

@@ -49,9 +49,9 @@ def test_same_seed_same_weights_other_seed_other_weights() -> None:
 def test_one_client_one_epoch_fedavg_equals_plain_training() -> None:
     """FedAvg over a single client is that client's local training, round after round."""
     import torch
+    from fedsim.clients.models import build_model
+    from fedsim.clients.training import train
 
-    from clients.models import build_model
-    from clients.training import train
     from fedsim.config import load_scenario
     from fedsim.data import build_federated
 
@@ -60,7 +60,7 @@ def test_one_client_one_epoch_fedavg_equals_plain_training() -> None:
     sc = load_scenario(DEFAULT, over)
     fed = build_federated(sc.data, sc.partition, sc.seed)
     model = build_model("mlp", fed.raw.input_shape, 2, sc.model.hidden, sc.seed)
-    from clients.training import client_generator as _generator
+    from fedsim.clients.training import client_generator as _generator
 
     c = fed.clients[0]
     for r in (1, 2):

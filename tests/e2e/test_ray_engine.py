@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fedsim.clients import keys
+from fedsim.clients.app import get_runtime
 from flwr.app import ConfigRecord, Message, RecordDict
 
 import fedsim
-from clients import keys
-from clients.app import get_runtime
 from fedsim.config import RayConfig
 from fedsim.engine.core import initial_arrays
 from fedsim.engine.grid import InProcessGrid, make_contexts, task_identity
@@ -146,8 +146,15 @@ def _round(grid: InProcessGrid, content: RecordDict, kind: str) -> dict[int, Mes
 def test_dead_actor_costs_only_its_messages(ray_local: None) -> None:
     import ray
 
-    sc = resolve(SCENARIO, {**SMALL, "partition.num_clients": 4, "faults.straggler_prob": 1.0,
-                            "faults.straggler_delay": 1.0})  # fmt: skip
+    sc = resolve(
+        SCENARIO,
+        {
+            **SMALL,
+            "partition.num_clients": 4,
+            "faults.straggler_prob": 1.0,
+            "faults.straggler_delay": 1.0,
+        },
+    )
     run_config = {"scenario": sc.to_toml(), "data-dir": ""}
     content = RecordDict(
         {
@@ -214,11 +221,19 @@ def ray_head() -> Iterator[str]:
     temp = Path(tempfile.mkdtemp(prefix="fsray-", dir="/tmp"))  # socket paths stay short
     ray_cli = str(Path(sys.executable).with_name("ray"))
     cmd = [
-        ray_cli, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-        f"--port={port}", "--num-cpus=2", "--disable-usage-stats",
-        "--include-dashboard=false", f"--ray-client-server-port={client_port}",
-        f"--dashboard-agent-listen-port={agent_port}", f"--temp-dir={temp}",
-    ]  # fmt: skip
+        ray_cli,
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        "--num-cpus=2",
+        "--disable-usage-stats",
+        "--include-dashboard=false",
+        f"--ray-client-server-port={client_port}",
+        f"--dashboard-agent-listen-port={agent_port}",
+        f"--temp-dir={temp}",
+    ]
     log = (temp / "head.log").open("w")
     head = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:

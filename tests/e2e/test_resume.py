@@ -23,10 +23,16 @@ REPO = Path(__file__).resolve().parents[2]
 # clients with Python's `random`: both must survive the restart. Stragglers slow the
 # rounds down (without changing any result) so that the kill lands mid-run.
 SETTINGS = [
-    "rounds=6", "partition.num_clients=6", "data.num_samples=1200",
-    "strategy.name='fedadam'", "strategy.options={eta=0.01}", "strategy.fraction_train=0.5",
-    "fairness.enabled=false", "faults.straggler_prob=1.0", "faults.straggler_delay=0.15",
-]  # fmt: skip
+    "rounds=6",
+    "partition.num_clients=6",
+    "data.num_samples=1200",
+    "strategy.name='fedadam'",
+    "strategy.options={eta=0.01}",
+    "strategy.fraction_train=0.5",
+    "fairness.enabled=false",
+    "faults.straggler_prob=1.0",
+    "faults.straggler_delay=0.15",
+]
 
 
 def _overrides() -> dict[str, object]:
@@ -46,8 +52,16 @@ def _checkpoint_round(run_dir: Path) -> int:
 @pytest.mark.e2e
 def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    argv = [sys.executable, "-m", "fedsim.cli", "run", str(REPO / "scenarios/default.toml"),
-            "--out", str(run_dir), "-q"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "fedsim.cli",
+        "run",
+        str(REPO / "scenarios/default.toml"),
+        "--out",
+        str(run_dir),
+        "-q",
+    ]
     for s in SETTINGS:
         argv += ["--set", s]
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

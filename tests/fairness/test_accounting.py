@@ -1,4 +1,4 @@
-"""fairness.accounting: pooled count tables, batched client metrics, input checks.
+"""fedsim.fairness.accounting: pooled count tables, batched client metrics, input checks.
 
 The oracles that go through evaluate replies (per-sample mutual information, PID
 identities and canonical cases) are in ``tests/strategies/test_fairness_accounting.py``;
@@ -12,17 +12,17 @@ import subprocess
 import sys
 from typing import Any
 
+import fedsim.fairness.accounting as accounting
 import numpy as np
 import pytest
-
-import fairness.accounting as accounting
-from fairness.accounting import client_fairness, pool_counts, round_fairness
-from fairness.information import mutual_information
-from fairness.metrics import (
+from fedsim.fairness.accounting import client_fairness, pool_counts, round_fairness
+from fedsim.fairness.information import mutual_information
+from fedsim.fairness.metrics import (
     equalized_odds_difference,
     group_accuracy,
     statistical_parity_difference,
 )
+
 from fedsim.errors import DataError, SolverError
 
 
@@ -88,7 +88,7 @@ def test_round_fairness_pid_off_and_solver_failure(monkeypatch: pytest.MonkeyPat
 def test_accounting_does_not_import_flower() -> None:
     """The maths stays importable without Flower (house rule: glue at the edge)."""
     code = (
-        "import sys, fairness.accounting; "
+        "import sys, fedsim.fairness.accounting; "
         "print(sorted(m for m in sys.modules if m.startswith(('flwr', 'ray'))))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

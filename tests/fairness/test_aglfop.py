@@ -7,13 +7,13 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from fedsim.fairness import aglfop
+from fedsim.fairness.aglfop import AGLFOPResult, frontier, solve
+from fedsim.fairness.roc import roc_points
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import brentq, linprog
 
-from fairness import aglfop
-from fairness.aglfop import AGLFOPResult, frontier, solve
-from fairness.roc import roc_points
 from fedsim.errors import DataError, SolverError
 
 ACC_TOL = 1e-6
@@ -276,9 +276,16 @@ def test_frontier_agrees_with_solve_and_reports_progress() -> None:
     calls: list[tuple[int, int]] = []
     table = frontier(TWO_CLIENTS, grid_g, grid_l, progress=lambda d, t: calls.append((d, t)))
     assert list(table.columns) == [
-        "eps_global", "eps_local", "accuracy", "global_disparity", "local_disparity",
-        "unique", "redundant", "masked", "status",
-    ]  # fmt: skip
+        "eps_global",
+        "eps_local",
+        "accuracy",
+        "global_disparity",
+        "local_disparity",
+        "unique",
+        "redundant",
+        "masked",
+        "status",
+    ]
     assert calls == [(k, 6) for k in range(1, 7)]
     assert table[["eps_global", "eps_local"]].to_numpy().tolist() == [
         [eps_g, eps_l] for eps_g in grid_g for eps_l in grid_l

@@ -6,17 +6,17 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
-
-from fairness.information import (
+from fedsim.fairness.information import (
     conditional_entropy,
     conditional_mutual_information,
     entropy,
     mutual_information,
     normalize,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
 from fedsim.errors import DataError
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from fairness.metrics import (
+from fedsim.fairness.metrics import (
     accuracy,
     equalized_odds_difference,
     group_accuracy,
     statistical_parity_difference,
 )
+
 from fedsim.errors import DataError
 
 # [z, y, yhat]

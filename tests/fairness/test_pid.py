@@ -5,17 +5,17 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import fedsim.fairness.pid as pid
 import numpy as np
 import pandas as pd
 import pytest
+from fedsim.fairness.information import conditional_mutual_information, mutual_information
+from fedsim.fairness.pid import PIDResult, decompose, decompose_counts_frame, pid_from_csv
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy.optimize import minimize
 
-import fairness.pid as pid
-from fairness.information import conditional_mutual_information, mutual_information
-from fairness.pid import PIDResult, decompose, decompose_counts_frame, pid_from_csv
 from fedsim.errors import DataError, SolverError
 
 TOL = 1e-6  # bits, for closed forms and oracles

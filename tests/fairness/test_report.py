@@ -12,16 +12,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-import fedsim
-from fairness import plots
-from fairness.report import (
+from fedsim.fairness import plots
+from fedsim.fairness.report import (
     SECTIONS,
     TABLE_FILES,
     ReportInputs,
     achieved_point,
     build_report,
 )
+
+import fedsim
 from fedsim import bounds
 from fedsim.cli import main
 from tests.conftest import SMALL
@@ -188,12 +188,15 @@ def _long(rows: list[tuple[int, str, str, float]]) -> pd.DataFrame:
 def test_achieved_point_takes_the_last_round_with_all_three() -> None:
     frame = _long(
         [
-            (1, "server", "eval-acc", 0.6), (1, "server", "global-disparity", 0.2),
-            (1, "server", "local-disparity", 0.1), (2, "server", "eval-acc", 0.7),
-            (2, "server", "global-disparity", 0.3), (2, "server", "local-disparity", 0.15),
+            (1, "server", "eval-acc", 0.6),
+            (1, "server", "global-disparity", 0.2),
+            (1, "server", "local-disparity", 0.1),
+            (2, "server", "eval-acc", 0.7),
+            (2, "server", "global-disparity", 0.3),
+            (2, "server", "local-disparity", 0.15),
             (3, "server", "eval-acc", 0.8),  # no disparities: not an achieved point
         ]
-    )  # fmt: skip
+    )
     point = achieved_point(frame)
     assert point is not None and (point.round, point.accuracy) == (2, 0.7)
     assert (point.global_disparity, point.local_disparity) == (0.3, 0.15)
@@ -260,10 +263,16 @@ def test_report_renders_in_a_headless_browser(fair_report: Path, tmp_path: Path)
     browser = _chromium()
     png = tmp_path / "report.png"
     cmd = [
-        browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-        f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={png}",
-        "--window-size=1200,3000", (fair_report / "report.html").resolve().as_uri(),
-    ]  # fmt: skip
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={png}",
+        "--window-size=1200,3000",
+        (fair_report / "report.html").resolve().as_uri(),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
     assert png.is_file(), f"{browser} wrote no screenshot (rc {proc.returncode}): {proc.stderr}"
     assert png.stat().st_size > 20_000  # a blank 1200x3000 page compresses to a few kB

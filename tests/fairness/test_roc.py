@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fedsim.fairness.roc import roc_points, validate_roc_region
 
-from fairness.roc import roc_points, validate_roc_region
 from fedsim.errors import DataError
 
 SQUARE = [(0.0, 0.0), (0.0, 1.0), (1.0, 1.0), (1.0, 0.0)]
@@ -19,6 +19,7 @@ def test_roc_points_by_hand_with_ties() -> None:
 
 def test_roc_points_match_sklearn_per_group() -> None:
     from sklearn import metrics  # scikit-learn is a dependency of fedsim
+
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, size=300)
     groups = rng.integers(0, 3, size=300)
@@ -26,8 +27,9 @@ def test_roc_points_match_sklearn_per_group() -> None:
     curves = roc_points(scores, labels, groups)
     assert len(curves) == 3
     for z, curve in enumerate(curves):
-        fpr, tpr, _ = metrics.roc_curve(labels[groups == z], scores[groups == z],
-                                        drop_intermediate=False)  # fmt: skip
+        fpr, tpr, _ = metrics.roc_curve(
+            labels[groups == z], scores[groups == z], drop_intermediate=False
+        )
         np.testing.assert_allclose(curve, np.column_stack([fpr, tpr]))
 
 

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from fedsim.fairness.aglfop import FRONTIER_COLUMNS
 
 import fedsim
-from fairness.aglfop import FRONTIER_COLUMNS
 from fedsim import bounds
 from fedsim.cli import main
 from fedsim.config import load_scenario

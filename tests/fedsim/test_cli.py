@@ -90,8 +90,11 @@ def test_installed_entry_point_reports_without_traceback(tmp_path: Path) -> None
     bad.write_bytes(b"\x00\x01binary\xff")
     proc = subprocess.run(
         [sys.executable, "-m", "fedsim.cli", "run", str(bad), "--out", str(tmp_path / "o")],
-        capture_output=True, text=True, env={**os.environ}, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("fedsim: error:") and "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()
@@ -117,9 +120,22 @@ def test_sweep_prints_a_table_and_writes_every_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     csv = tmp_path / "runs.csv"
-    argv = ["sweep", str(REPO / "scenarios/default.toml"), "--grid", "client.lr=0.01,0.1",
-            "--seeds", "2", "--set", "rounds=1", "--set", "partition.num_clients=3",
-            "--set", "fairness.enabled=false", "--out", str(csv)]  # fmt: skip
+    argv = [
+        "sweep",
+        str(REPO / "scenarios/default.toml"),
+        "--grid",
+        "client.lr=0.01,0.1",
+        "--seeds",
+        "2",
+        "--set",
+        "rounds=1",
+        "--set",
+        "partition.num_clients=3",
+        "--set",
+        "fairness.enabled=false",
+        "--out",
+        str(csv),
+    ]
     code, out, _ = _run_main(argv, capsys)
     assert code == 0
     import pandas as pd

@@ -134,9 +134,15 @@ def test_toml_syntax_soup(text: str, tmp_path: Path, capsys: pytest.CaptureFixtu
 
 @pytest.mark.parametrize(
     "content",
-    [b"", b"   \n# only a comment\n", b"rounds = 99999999999999999999\n",
-     b"[partition]\nnum_clients = -4\n", b"seed = -1\n", b"[client]\nbatch_size = 0\n",
-     b"rounds = 1e400\n"],
-)  # fmt: skip
+    [
+        b"",
+        b"   \n# only a comment\n",
+        b"rounds = 99999999999999999999\n",
+        b"[partition]\nnum_clients = -4\n",
+        b"seed = -1\n",
+        b"[client]\nbatch_size = 0\n",
+        b"rounds = 1e400\n",
+    ],
+)
 def test_named_cases(content: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _assert_one_line_exit_2(content, tmp_path, capsys)

@@ -76,8 +76,11 @@ def test_summarise_two_grid_columns_against_numpy() -> None:
     summary = summarise(frame)
     assert summary.shape == (4, 5)
     assert list(summary[["method", "alpha"]].itertuples(index=False, name=None)) == [
-        ("b-method", 100.0), ("b-method", 0.5), ("a-method", 100.0), ("a-method", 0.5),
-    ]  # fmt: skip
+        ("b-method", 100.0),
+        ("b-method", 0.5),
+        ("a-method", 100.0),
+        ("a-method", 0.5),
+    ]
     for _, rec in summary.iterrows():
         values = frame.loc[
             (frame.method == rec["method"]) & (frame.alpha == rec["alpha"]), "eval-acc"

@@ -13,21 +13,21 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
+import fedsim.fairness.accounting as accounting
+import fedsim.strategies.fairness_accounting as fa
 import numpy as np
 import pytest
+from fedsim.clients import keys
+from fedsim.fairness.accounting import round_fairness
+from fedsim.fairness.information import conditional_mutual_information, mutual_information
+from fedsim.strategies.fairness_accounting import FairnessAccounting
 from flwr.app import ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg, FedMedian, Strategy
 from sklearn.metrics import mutual_info_score
 
-import fairness.accounting as accounting
 import fedsim
-import strategies.fairness_accounting as fa
-from clients import keys
-from fairness.accounting import round_fairness
-from fairness.information import conditional_mutual_information, mutual_information
 from fedsim.engine.grid import task_identity
 from fedsim.errors import DataError, SolverError
-from strategies.fairness_accounting import FairnessAccounting
 
 LN2 = math.log(2)
 Samples = tuple[np.ndarray, np.ndarray, np.ndarray]  # z, y, yhat
@@ -236,8 +236,18 @@ def test_inner_strategy_metrics_are_preserved(inner_cls: type[Strategy]) -> None
     assert {keys.EVAL_ACC, keys.EVAL_LOSS} <= scalars.keys()
     for key, value in scalars.items():
         assert got[key] == value, key
-    ours = {"global-disparity", "local-disparity", "unique", "redundant", "masked", "spd",
-            "eod", "acc-group-0", "acc-group-1", "pid-solved"}  # fmt: skip
+    ours = {
+        "global-disparity",
+        "local-disparity",
+        "unique",
+        "redundant",
+        "masked",
+        "spd",
+        "eod",
+        "acc-group-0",
+        "acc-group-1",
+        "pid-solved",
+    }
     assert set(got) == set(expected) | ours
 
 

@@ -1,7 +1,7 @@
 """FedLD strategy: reply screening, warm-up, partial participation, Flower end to end.
 
 The maths is tested against its oracles in ``test_principal.py``; here FedLD's arrays
-are compared with :func:`strategies.principal.aggregate_principal` on the usable replies.
+are compared with :func:`fedsim.strategies.principal.aggregate_principal` on the usable replies.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fedsim.strategies.fedld import FedLD
+from fedsim.strategies.principal import aggregate_principal
+from fedsim.strategies.records import array_view
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -28,9 +31,6 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedsim.engine.grid import InProcessGrid
 from fedsim.errors import AggregationError, ConfigError
-from strategies.fedld import FedLD
-from strategies.principal import aggregate_principal
-from strategies.records import array_view
 
 
 @pytest.fixture(autouse=True)
@@ -159,7 +159,7 @@ def test_bad_reply_is_dropped_and_counted(problem: str, caplog: pytest.LogCaptur
     msgs = _round(strategy, 2, current, [1, 2, 3, 4])
     replies = [_reply(msgs[n], models[n], counts[n]) for n in (1, 2, 3)]
     replies.append(_reply(msgs[4], bad, counts[4]))
-    with caplog.at_level(logging.WARNING, logger="strategies.fedld"):
+    with caplog.at_level(logging.WARNING, logger="fedsim.strategies.fedld"):
         arrays, metrics = strategy.aggregate_train(2, replies)
     assert "node 4" in caplog.text
     expected = aggregate_principal(current, [models[n] for n in (1, 2, 3)], keep_ratio=0.7)
@@ -181,7 +181,7 @@ def test_no_usable_reply_keeps_model(caplog: pytest.LogCaptureFixture) -> None:
         _reply(msgs[2], wrong, 5),
         Message(Error(code=0, reason="client crashed"), reply_to=msgs[3]),
     ]
-    with caplog.at_level(logging.WARNING, logger="strategies.fedld"):
+    with caplog.at_level(logging.WARNING, logger="fedsim.strategies.fedld"):
         arrays, metrics = strategy.aggregate_train(2, replies)
     assert arrays is None
     assert metrics is not None

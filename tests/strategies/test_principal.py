@@ -9,16 +9,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fedsim.strategies.principal import (
+    aggregate_principal,
+    num_directions,
+    principal_gradient,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from fedsim.errors import AggregationError
-from strategies.principal import (
-    aggregate_principal,
-    num_directions,
-    principal_gradient,
-)
 
 # ----------------------------------------------------------------------------- oracles
 
@@ -346,7 +346,7 @@ def test_aggregate_principal_rejects_bad_clients(problem: str) -> None:
 def test_principal_does_not_import_flower() -> None:
     """The maths stays importable without Flower (house rule: glue at the edge)."""
     code = (
-        "import sys, strategies.principal; "
+        "import sys, fedsim.strategies.principal; "
         "print(sorted(m for m in sys.modules if m.startswith(('flwr', 'ray'))))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
