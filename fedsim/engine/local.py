@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from flwr.app import ArrayRecord
 
-from fedsim.clients.app import client_app, get_runtime
+from fedsim.clients.app import client_app
 from fedsim.config import Scenario
 from fedsim.engine.core import Execution, RoundHook, RunRecorder, execute
 from fedsim.engine.grid import InProcessGrid, local_handler, make_contexts, task_identity
+from fedsim.runtime import get_runtime
 
 
 def run_local(

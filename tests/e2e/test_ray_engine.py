@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fedsim.clients import keys
-from fedsim.clients.app import get_runtime
 from flwr.app import ConfigRecord, Message, RecordDict
 
 import fedsim
@@ -40,6 +39,7 @@ from fedsim.engine.ray import (
 )
 from fedsim.errors import FedsimError
 from fedsim.runner import RunResult, resolve
+from fedsim.runtime import get_runtime
 
 SCENARIO = Path(__file__).resolve().parents[2] / "scenarios" / "default.toml"
 SMALL = {"rounds": 3, "partition.num_clients": 6, "fairness.enabled": False}
