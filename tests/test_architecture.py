@@ -235,9 +235,7 @@ def test_no_module_imports_a_higher_layer() -> None:
     assert not upward, upward
 
 
-@pytest.mark.parametrize(
-    "name", sorted(n for n in MODULES if layer_of(n) in (BASE, PURE)), ids=str
-)
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if layer_of(n) in (BASE, PURE)), ids=str)
 def test_base_and_maths_modules_import_neither_flower_nor_ray(name: str) -> None:
     names = imported_names(name, MODULES[name])
     offenders = sorted(n for n in names if n.split(".")[0] in RUNTIME_PACKAGES)

@@ -78,7 +78,15 @@ def partition(
     return parts
 
 
-def _iid(labels, sensitive, k, seed, alpha, cpc, min_size) -> list[np.ndarray]:
+def _iid(
+    labels: np.ndarray,
+    sensitive: np.ndarray,
+    k: int,
+    seed: int,
+    alpha: float,
+    cpc: int,
+    min_size: int,
+) -> list[np.ndarray]:
     order = np.random.default_rng([seed, 10]).permutation(len(labels))
     return [np.sort(part) for part in np.array_split(order, k)]
 
@@ -86,7 +94,15 @@ def _iid(labels, sensitive, k, seed, alpha, cpc, min_size) -> list[np.ndarray]:
 def _dirichlet(column: str) -> Callable[..., list[np.ndarray]]:
     """Per-class Dirichlet proportions (Hsu et al. 2019), as flwr-datasets draws them."""
 
-    def run(labels, sensitive, k, seed, alpha, cpc, min_size) -> list[np.ndarray]:
+    def run(
+        labels: np.ndarray,
+        sensitive: np.ndarray,
+        k: int,
+        seed: int,
+        alpha: float,
+        cpc: int,
+        min_size: int,
+    ) -> list[np.ndarray]:
         values = labels if column == "label" else sensitive
         rng = np.random.default_rng([seed, 11])
         for _attempt in range(100):
@@ -109,7 +125,15 @@ def _dirichlet(column: str) -> Callable[..., list[np.ndarray]]:
     return run
 
 
-def _pathological(labels, sensitive, k, seed, alpha, cpc, min_size) -> list[np.ndarray]:
+def _pathological(
+    labels: np.ndarray,
+    sensitive: np.ndarray,
+    k: int,
+    seed: int,
+    alpha: float,
+    cpc: int,
+    min_size: int,
+) -> list[np.ndarray]:
     """Each client holds ``cpc`` classes; a class's rows are split evenly among its holders."""
     classes = np.unique(labels)
     if cpc > len(classes):
@@ -138,7 +162,15 @@ def _pathological(labels, sensitive, k, seed, alpha, cpc, min_size) -> list[np.n
     return [np.sort(np.concatenate(p)) if p else np.zeros(0, np.int64) for p in parts]
 
 
-def _quantity(labels, sensitive, k, seed, alpha, cpc, min_size) -> list[np.ndarray]:
+def _quantity(
+    labels: np.ndarray,
+    sensitive: np.ndarray,
+    k: int,
+    seed: int,
+    alpha: float,
+    cpc: int,
+    min_size: int,
+) -> list[np.ndarray]:
     """Client sizes from Dirichlet(alpha) (each at least ``min_size``), rows drawn IID."""
     n = len(labels)
     rng = np.random.default_rng([seed, 13])

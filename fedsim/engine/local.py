@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flwr.app import ArrayRecord
 
 from fedsim.clients.app import client_app
@@ -20,7 +22,7 @@ def run_local(
     start_round: int = 0,
     arrays: ArrayRecord | None = None,
     recorder: RunRecorder | None = None,
-    stack=None,
+    stack: tuple[Any, Any] | None = None,
 ) -> Execution:
     """Run the scenario with every client handled in this process.
 

@@ -56,6 +56,7 @@ from ray.exceptions import GetTimeoutError, OutOfMemoryError, RayActorError
 
 from fedsim.clients.app import client_app
 from fedsim.config import RayConfig, Scenario
+from fedsim.engine._flower_compat import set_message_id
 from fedsim.engine.core import Execution, RoundHook, RunRecorder, execute, flower_log_level
 from fedsim.engine.grid import InProcessGrid, call_client, error_reply, make_contexts, task_identity
 from fedsim.errors import FedsimError
@@ -76,7 +77,7 @@ def run_ray(
     start_round: int = 0,
     arrays: ArrayRecord | None = None,
     recorder: RunRecorder | None = None,
-    stack=None,
+    stack: tuple[Any, Any] | None = None,
 ) -> Execution:
     """Run the scenario with the clients spread over a pool of Ray actors.
 
@@ -244,7 +245,7 @@ def rebuild_message(meta: MessageMetadata, content: RecordDict) -> Message:
             group_id=meta.group_id,
             dst_task_id=meta.dst_task_id,
         )
-    msg.metadata.__dict__["_message_id"] = meta.message_id  # as the Grid sets it
+    set_message_id(msg, meta.message_id)  # as the Grid sets it
     msg.metadata.created_at, msg.metadata.src_task_id = meta.created_at, meta.src_task_id
     return msg
 
