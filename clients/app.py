@@ -20,6 +20,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsim.runtime import ClientRuntime, get_runtime
+from fedsim.seeds import Stream
 
 client_app = ClientApp()
 
@@ -55,7 +56,7 @@ def handle_train(msg: Message, context: Context) -> Message:
         x,
         y,
         sc.client,
-        generator=client_generator(sc.seed, 5, server_round, pid),
+        generator=client_generator(sc.seed, Stream.TRAIN, server_round, pid),
         proximal_mu=float(config.get(keys.PROXIMAL_MU, 0.0)),  # type: ignore[arg-type]
         input_range=(0.0, 1.0) if rt.data.raw.kind == "image" else None,
     )
@@ -117,6 +118,6 @@ def _robust_accuracy(rt: ClientRuntime, x: torch.Tensor, y: torch.Tensor) -> flo
             step_size=cfg.adv_step_size,
             norm=cfg.adv_norm,
             clamp=clamp,
-            generator=client_generator(rt.scenario.seed, 6),
+            generator=client_generator(rt.scenario.seed, Stream.ROBUST_EVAL),
         )
     )

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from fedsim.errors import ConfigError
+from fedsim.seeds import Stream
 
 METHODS = ("iid", "dirichlet-label", "dirichlet-sensitive", "pathological", "quantity")
 
@@ -87,7 +88,7 @@ def _iid(
     cpc: int,
     min_size: int,
 ) -> list[np.ndarray]:
-    order = np.random.default_rng([seed, 10]).permutation(len(labels))
+    order = np.random.default_rng([seed, Stream.PARTITION_IID]).permutation(len(labels))
     return [np.sort(part) for part in np.array_split(order, k)]
 
 
@@ -104,7 +105,7 @@ def _dirichlet(column: str) -> Callable[..., list[np.ndarray]]:
         min_size: int,
     ) -> list[np.ndarray]:
         values = labels if column == "label" else sensitive
-        rng = np.random.default_rng([seed, 11])
+        rng = np.random.default_rng([seed, Stream.PARTITION_DIRICHLET])
         for _attempt in range(100):
             parts: list[list[np.ndarray]] = [[] for _ in range(k)]
             for v in np.unique(values):
@@ -140,7 +141,7 @@ def _pathological(
         raise ConfigError(
             f"partition.classes_per_client: {cpc} exceeds the {len(classes)} classes present"
         )
-    rng = np.random.default_rng([seed, 12])
+    rng = np.random.default_rng([seed, Stream.PARTITION_PATHOLOGICAL])
     # Deal classes round-robin from a shuffled deck so that every class is used.
     deck = np.concatenate([rng.permutation(classes) for _ in range(-(-k * cpc // len(classes)))])
     held: list[set[int]] = []
@@ -173,7 +174,7 @@ def _quantity(
 ) -> list[np.ndarray]:
     """Client sizes from Dirichlet(alpha) (each at least ``min_size``), rows drawn IID."""
     n = len(labels)
-    rng = np.random.default_rng([seed, 13])
+    rng = np.random.default_rng([seed, Stream.PARTITION_QUANTITY])
     floor = min(max(min_size, 1), n // k)
     shares = rng.dirichlet(np.full(k, alpha))
     sizes = floor + np.floor(shares * (n - floor * k)).astype(int)
