@@ -53,7 +53,9 @@ def build_model(
         torch.random.set_rng_state(generator_state)
 
 
-def _build(name: str, shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...]):
+def _build(
+    name: str, shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...]
+) -> nn.Module:
     flat = math.prod(shape)
     if name == "logreg":
         return nn.Sequential(nn.Flatten(), nn.Linear(flat, num_classes))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -9,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from fedsim.clients.losses import proximal_term
+from fedsim.clients.objective import LossSpec, objective
 from fedsim.clients.optim import SGD, Adam
 from torch import nn
 
@@ -25,7 +27,7 @@ def make_objective(
     """The per-batch local objective selected by ``[client.loss]``.
 
     Plain cross-entropy takes PyTorch's fused kernel; every other combination goes
-    through :func:`fedsim.clients.losses.objective`. ``input_range`` bounds adversarial
+    through :func:`fedsim.clients.objective.objective`. ``input_range`` bounds adversarial
     inputs ((0, 1) for images; ``None`` for standardised tabular features).
     """
     plain = (
@@ -35,29 +37,14 @@ def make_objective(
     )
     if plain:
         return lambda model, x, y: F.cross_entropy(model(x), y)
-    from fedsim.clients.losses import objective
-
     spec = loss_spec(cfg, input_range)
     return lambda model, x, y: objective(model, x, y, spec, generator=generator)
 
 
-def loss_spec(cfg: LossConfig, input_range: tuple[float, float] | None = None):  # -> LossSpec
-    """Translate the scenario's loss table into :class:`fedsim.clients.losses.LossSpec`."""
-    from fedsim.clients.losses import LossSpec
-
-    return LossSpec(
-        name=cfg.name,
-        tau=cfg.tau,
-        q=cfg.q,
-        margin_lambda=cfg.margin_lambda,
-        margin_mode=cfg.margin_mode,
-        adv_nu=cfg.adv_nu,
-        adv_radius=cfg.adv_radius,
-        adv_steps=cfg.adv_steps,
-        adv_step_size=cfg.adv_step_size,
-        adv_norm=cfg.adv_norm,
-        adv_clamp=input_range,
-    )
+def loss_spec(cfg: LossConfig, input_range: tuple[float, float] | None = None) -> LossSpec:
+    """Translate the scenario's loss table into :class:`fedsim.clients.objective.LossSpec`."""
+    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(LossConfig)}
+    return LossSpec(**fields, adv_clamp=input_range)
 
 
 def client_generator(seed: int, *parts: int) -> torch.Generator:

@@ -10,6 +10,7 @@ import numpy as np
 from fedsim.config import DataConfig, PartitionConfig
 from fedsim.data.datasets import RawDataset, load_dataset
 from fedsim.data.partition import partition, train_test_split
+from fedsim.seeds import Stream
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,7 +63,7 @@ def build_federated(
         class_separation=data.class_separation,
         seed=seed,
     )
-    rng = np.random.default_rng([seed, 1])
+    rng = np.random.default_rng([seed, Stream.SUBSAMPLE])
     rows = np.arange(len(raw.y))
     if data.max_samples and data.max_samples < len(rows):
         rows = np.sort(rng.choice(rows, data.max_samples, replace=False))
@@ -102,7 +103,7 @@ def flip_labels(
     y: np.ndarray, fraction: float, num_classes: int, seed: int, client: int
 ) -> np.ndarray:
     """Flip ``round(fraction·n)`` labels to a uniformly chosen *different* class."""
-    rng = np.random.default_rng([seed, 2, client])
+    rng = np.random.default_rng([seed, Stream.LABEL_NOISE, client])
     y = y.copy()
     n_flip = int(round(fraction * len(y)))
     idx = rng.choice(len(y), n_flip, replace=False)
