@@ -226,7 +226,8 @@ def _solve_unique(
     """Return (Uni in bits, status, solver, iterations, gap in bits), trying ``solvers`` in turn."""
     failures = []
     for solver in solvers:
-        gap = None
+        gap: float | None = None
+        iterations: int | None
         try:
             if solver == BLOCK_BARRIER:
                 solution = unique_information(p)
