@@ -5,12 +5,23 @@ the cone program, then solve) and the median warm time (program reused from the
 per-shape cache), next to the targets. Tables are random with Z and S dependent
 and Ŷ dependent on Z within clients, so no closed-form shortcut applies.
 
-Run as ``python bench/pid.py``.
+Then, for K = 2 / 10 / 100 / 1000 / 3000, one cold ``decompose`` per path in a
+fresh process: CPU time (less disturbed by other load than wall time) and peak
+resident memory (``ru_maxrss``, which includes about 0.2 GB of imports) of the
+cone program (Clarabel) and of the block barrier method, and their difference in
+bits with the barrier's certified gap. The cone path is skipped from
+``--cone-max`` clients on (default 1000: it needs about 3.8 GB at K = 3000).
+
+Run as ``python bench/pid.py [--cone-max K]``.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
+import subprocess
+import sys
 import time
 
 import fedsim.fairness.pid as pid
@@ -18,6 +29,20 @@ import numpy as np
 
 TARGET_MS = {2: None, 10: 25.0, 100: 200.0}
 WARM_REPEATS = 30
+LARGE_K = (2, 10, 100, 1000, 3000)
+_ONE_SOLVE = """
+import json, resource, sys, time
+import numpy as np
+sys.path.insert(0, {bench_dir!r})
+from pid import random_table
+from fedsim.fairness.pid import decompose
+table = random_table({num_clients}, np.random.default_rng(1))
+start = time.process_time()
+result = decompose(table, solver={solver!r})
+seconds = time.process_time() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+print(json.dumps([seconds, peak, result.unique, result.gap]))
+"""
 
 
 def random_table(num_clients: int, rng: np.random.Generator) -> np.ndarray:
@@ -40,7 +65,38 @@ def time_ms(table: np.ndarray) -> float:
     return elapsed
 
 
+def one_solve(num_clients: int, solver: str) -> tuple[float, float, float, float | None]:
+    """(CPU seconds, peak GiB, Uni bits, gap bits) of one cold decompose in a fresh process."""
+    from pathlib import Path
+
+    code = _ONE_SOLVE.format(
+        bench_dir=str(Path(__file__).parent), num_clients=num_clients, solver=solver
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    seconds, peak, unique, gap = json.loads(out.stdout.splitlines()[-1])
+    return seconds, peak, unique, gap
+
+
+def large_k(cone_max: int) -> None:
+    print(
+        f"\n{'K':>5} {'cone cpu s':>10} {'cone GiB':>9} {'barrier cpu s':>13} {'barrier GiB':>12} "
+        f"{'|diff| bits':>12} {'gap bits':>9}"
+    )
+    for num_clients in LARGE_K:
+        b_s, b_gib, b_uni, gap = one_solve(num_clients, pid.BLOCK_BARRIER)
+        if num_clients < cone_max:
+            c_s, c_gib, c_uni, _ = one_solve(num_clients, "CLARABEL")
+            cone = f"{c_s:>10.2f} {c_gib:>9.2f}"
+            diff = f"{abs(c_uni - b_uni):>12.1e}"
+        else:
+            cone, diff = f"{'-':>10} {'-':>9}", f"{'-':>12}"
+        print(f"{num_clients:>5} {cone} {b_s:>13.2f} {b_gib:>12.2f} {diff} {gap:>9.1e}")
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cone-max", type=int, default=1000)
+    args = parser.parse_args()
     rng = np.random.default_rng(0)
     pid.decompose(random_table(3, rng))  # import-time and first-solve overheads
     print(f"{'K':>4} {'cold ms':>9} {'warm median ms':>15} {'target ms':>10} {'cold/warm':>10}")
@@ -56,6 +112,7 @@ def main() -> None:
             f"{num_clients:>4} {cold:>9.1f} {warm:>15.1f} {target_text:>10} "
             f"{cold / warm:>10.1f}{verdict}"
         )
+    large_k(args.cone_max)
 
 
 if __name__ == "__main__":

@@ -39,12 +39,15 @@ from fedsim.fairness.information import (
     mutual_information,
     normalize,
 )
+from fedsim.fairness.pid_large import unique_information
 from numpy.typing import ArrayLike, NDArray
 
 from fedsim.errors import DataError, SolverError
 
 __all__ = [
+    "BLOCK_BARRIER",
     "CLOSED_FORM",
+    "LARGE_K_CLIENTS",
     "ROUNDOFF_TOLERANCE_BITS",
     "PIDResult",
     "decompose",
@@ -55,6 +58,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CLOSED_FORM = "closed-form"
+#: Solver name of the block-structured barrier method (:mod:`fedsim.fairness.pid_large`).
+BLOCK_BARRIER = "block-barrier"
+#: From this many clients on, Uni is solved by the block barrier method: the cone
+#: program's compiled parameter tensor grows as K^2 (about 0.7 GB at K = 1000).
+LARGE_K_CLIENTS = 200
 #: Solver round-off tolerated (and clipped to zero) on each PID term, in bits.
 ROUNDOFF_TOLERANCE_BITS = 1e-7
 #: I(Z;S), I(Z;Ŷ) or I(Z;Ŷ|S) at or below this many bits counts as exactly zero
@@ -92,6 +100,9 @@ class PIDResult:
         Solver that produced ``unique``, or ``"closed-form"``.
     iterations : int or None
         Solver iterations, when the solver reports them.
+    gap : float or None
+        Certified duality gap of ``unique`` in bits (block barrier method only):
+        the exact Uni lies in ``[unique - gap, unique]``.
     """
 
     unique: float
@@ -102,6 +113,7 @@ class PIDResult:
     status: str
     solver: str
     iterations: int | None = None
+    gap: float | None = None
 
 
 class _UniqueProgram:
@@ -208,20 +220,38 @@ def _closed_form(p: NDArray, global_bits: float, local_bits: float) -> float | N
     return None
 
 
-def _solve_unique(p: NDArray, solvers: tuple[str, ...]) -> tuple[float, str, str, int | None]:
-    """Return (Uni in bits, status, solver, iterations), trying ``solvers`` in turn."""
-    support = (p.sum(axis=2)[:, :, None] > 0) & (p.sum(axis=1)[:, None, :] > 0)
-    program = _program(p.shape, support.tobytes())
+def _solve_unique(
+    p: NDArray, solvers: tuple[str, ...]
+) -> tuple[float, str, str, int | None, float | None]:
+    """Return (Uni in bits, status, solver, iterations, gap in bits), trying ``solvers`` in turn."""
     failures = []
     for solver in solvers:
+        gap: float | None = None
+        iterations: int | None
         try:
-            uni_nats, status, iterations = program.solve(p, solver)
+            if solver == BLOCK_BARRIER:
+                solution = unique_information(p)
+                uni_nats, status, iterations = solution.unique_nats, "optimal", solution.iterations
+                gap = solution.gap_nats / math.log(2)
+            else:
+                uni_nats, status, iterations = _cone_program(p).solve(p, solver)
         except SolverError as exc:
             logger.info("%s", exc)
             failures.append(str(exc))
             continue
-        return uni_nats / math.log(2), status, solver, iterations
+        return uni_nats / math.log(2), status, solver, iterations, gap
     raise SolverError("; ".join(failures))
+
+
+def _cone_program(p: NDArray) -> _UniqueProgram:
+    support = (p.sum(axis=2)[:, :, None] > 0) & (p.sum(axis=1)[:, None, :] > 0)
+    return _program(p.shape, support.tobytes())
+
+
+def _default_solvers(num_clients: int) -> tuple[str, ...]:
+    """Clarabel then SCS; from :data:`LARGE_K_CLIENTS` clients on, the block barrier first."""
+    cone = tuple(_SOLVER_OPTIONS)
+    return (BLOCK_BARRIER, *cone[:1]) if num_clients >= LARGE_K_CLIENTS else cone
 
 
 def _clip_unique(uni: float, upper: float) -> float:
@@ -255,9 +285,12 @@ def decompose(joint: ArrayLike, *, shortcuts: bool = True, solver: str | None = 
     shortcuts : bool, default True
         Use exact closed forms where they apply (a single z, ŷ or s value,
         Z ⊥ S, Z ⊥ Ŷ, or Z ⊥ Ŷ | S); ``False`` always solves (for testing).
-    solver : {"CLARABEL", "SCS"}, optional
-        Solve with this solver only. By default Clarabel is tried and SCS is the
-        fallback should Clarabel fail.
+    solver : {"CLARABEL", "SCS", "block-barrier"}, optional
+        Solve with this solver only. By default, below :data:`LARGE_K_CLIENTS`
+        clients Clarabel is tried and SCS is the fallback should Clarabel fail;
+        from that many clients on, the block barrier method
+        (:mod:`fedsim.fairness.pid_large`, memory linear in K) is tried and
+        Clarabel is the fallback.
 
     Returns
     -------
@@ -274,18 +307,20 @@ def decompose(joint: ArrayLike, *, shortcuts: bool = True, solver: str | None = 
         If no solver reaches an optimal status, or a term is more negative than
         :data:`ROUNDOFF_TOLERANCE_BITS`.
     """
-    if solver is not None and solver not in _SOLVER_OPTIONS:
-        raise ValueError(f"solver must be one of {sorted(_SOLVER_OPTIONS)}, got {solver!r}")
+    if solver is not None and solver not in (*_SOLVER_OPTIONS, BLOCK_BARRIER):
+        choices = sorted((*_SOLVER_OPTIONS, BLOCK_BARRIER))
+        raise ValueError(f"solver must be one of {choices}, got {solver!r}")
     p = _drop_empty_values(normalize(joint, 3, "joint [z, yhat, s]"))
     global_bits = mutual_information(p.sum(axis=2))
     local_bits = conditional_mutual_information(p)
     uni = _closed_form(p, global_bits, local_bits) if shortcuts else None
+    gap = None
     if uni is not None:
         status = method = CLOSED_FORM
         iterations = None
     else:
-        solvers = (solver,) if solver else tuple(_SOLVER_OPTIONS)
-        uni, status, method, iterations = _solve_unique(p, solvers)
+        solvers = (solver,) if solver else _default_solvers(p.shape[2])
+        uni, status, method, iterations, gap = _solve_unique(p, solvers)
         uni = _clip_unique(uni, min(global_bits, local_bits))
     return PIDResult(
         unique=uni,
@@ -296,6 +331,7 @@ def decompose(joint: ArrayLike, *, shortcuts: bool = True, solver: str | None = 
         status=status,
         solver=method,
         iterations=iterations,
+        gap=gap,
     )
 
 
