@@ -161,7 +161,9 @@ class _UniqueProgram:
                 with warnings.catch_warnings():
                     # The status check below reports an inaccurate solve.
                     warnings.filterwarnings("ignore", "Solution may be inaccurate")
-                    self.problem.solve(solver=solver, **_SOLVER_OPTIONS[solver])
+                    # warm_start=False: a fresh solver per solve, so a result never
+                    # depends on earlier solves (a resumed run equals an uninterrupted one).
+                    self.problem.solve(solver=solver, warm_start=False, **_SOLVER_OPTIONS[solver])
             except cp.error.SolverError as exc:
                 raise SolverError(
                     f"{solver} failed on the unique-information program: {exc}"

@@ -447,12 +447,13 @@ def _checkpoint_counts(path: Path) -> tuple[IntArray | None, dict[str, Any]]:
     file = path / "checkpoint.safetensors"
     if not file.is_file():
         return None, {}
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    prefix = "fairness/counts_history/"
+    prefix = "fairness/counts/"  # FairnessAccounting.state() keys under fedsim.checkpoint's
     try:
         tensors = load_file(str(file))
-    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint: rebuild instead
+    except (SafetensorError, OSError) as exc:  # unreadable checkpoint: rebuild instead
         logger.warning("report: checkpoint unreadable (%s); rebuilding the test split", exc)
         return None, {}
     rounds = {

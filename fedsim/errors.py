@@ -25,3 +25,7 @@ class AggregationError(FedsimError):
 
 class SolverError(FedsimError):
     """A convex program did not reach an optimal solution."""
+
+
+class CheckpointError(FedsimError):
+    """A checkpoint is missing, corrupt, edited, or does not fit the run it resumes."""

@@ -13,7 +13,7 @@ import pandas as pd
 
 from fedsim import checkpoint, results
 from fedsim.config import Scenario, build, load_scenario
-from fedsim.engine.core import RunRecorder, build_stack
+from fedsim.engine.core import RunRecorder, build_stack, initial_arrays
 from fedsim.errors import ConfigError
 from fedsim.runtime import get_runtime
 from fedsim.summary import make_summary
@@ -158,14 +158,10 @@ def _prepare(sc: Scenario, run_config: dict[str, str], resume_from: Path | None)
     start = _Start(recorder, stack, accountant)
     if resume_from is None:
         return start
-    header, tensors = checkpoint.load(Path(resume_from))
-    checkpoint.restore_state(inner, checkpoint.split(tensors, "strategy/"), header["strategy"])
-    if accountant is not None:
-        accountant.load_state(checkpoint.split(tensors, "fairness/"))
-    recorder.rows[:] = [(int(r), str(c), str(m), float(v)) for r, c, m, v in header["rows"]]
-    checkpoint.restore_random(header)
-    start.start_round = int(header["round"])
-    start.arrays = checkpoint.arrays_of(tensors)
+    reference = {k: v.numpy() for k, v in initial_arrays(sc, data).items()}
+    restored = checkpoint.restore(Path(resume_from), sc.rounds, reference, inner, accountant)
+    recorder.rows[:] = restored.rows
+    start.start_round, start.arrays = restored.start_round, restored.arrays
     return start
 
 

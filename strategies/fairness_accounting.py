@@ -216,10 +216,18 @@ class FairnessAccounting(StrategyWrapper):
                     f"fairness-accounting state key {key!r} is not counts/<round> or "
                     "partition-ids/<round>; was the state written by FairnessAccounting.state?"
                 )
+            value = np.asarray(value)
+            whole = value.dtype.kind in "iu" or (
+                value.dtype.kind == "f" and bool(np.all(np.isfinite(value) & (value % 1 == 0)))
+            )
+            if not whole or (value.size and value.min() < 0):
+                raise DataError(
+                    f"fairness-accounting state {key!r} must hold non-negative whole numbers"
+                )
             if kind == "counts":
-                counts[int(text)] = np.asarray(value, dtype=np.int64)
+                counts[int(text)] = value.astype(np.int64)
             else:
-                ids[int(text)] = [int(i) for i in np.asarray(value).ravel()]
+                ids[int(text)] = [int(i) for i in value.ravel()]
         for r in counts.keys() | ids.keys():
             complete = r in counts and r in ids
             if not complete or counts[r].ndim != 4 or len(ids[r]) != len(counts[r]):

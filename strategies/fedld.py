@@ -22,7 +22,7 @@ from flwr.serverapp.strategy import FedAvg
 from numpy.typing import NDArray
 
 from fedsim.engine._flower_compat import array_view
-from fedsim.errors import AggregationError, ConfigError
+from fedsim.errors import AggregationError, CheckpointError, ConfigError
 
 __all__ = ["FedLD"]
 
@@ -165,6 +165,23 @@ class FedLD(FedAvg):
             self.warmup_rounds,
             self.mean_only,
         )
+
+    def state(self) -> dict[str, NDArray[Any]]:
+        """FedLD keeps nothing across rounds (``_sent`` is set anew by every configure)."""
+        return {}
+
+    def load_state(self, state: Mapping[str, NDArray[Any]]) -> None:
+        """Accept only the empty state :meth:`state` writes.
+
+        Raises
+        ------
+        CheckpointError
+            If ``state`` names anything.
+        """
+        if state:
+            raise CheckpointError(
+                f"strategy state: FedLD keeps no state, got {', '.join(sorted(state))}"
+            )
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

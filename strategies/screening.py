@@ -4,7 +4,9 @@
 loop, sampling and aggregation are untouched). Before aggregation it drops replies
 that carry an error, that hold non-finite arrays, or whose arrays do not match the
 keys and shapes of the model that was sent, and records how many it dropped. With no
-usable reply the round keeps the current model and says so.
+usable reply the round keeps the current model and says so. An aggregate that is not
+finite (a server optimiser that overflows, say) is not applied either: the previous
+model is kept and the round counts one ``nonfinite-aggregate``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ NONFINITE = "nonfinite-replies"
 MALFORMED = "malformed-replies"
 USABLE = "usable-replies"
 MODEL_KEPT = "model-kept"
+NONFINITE_AGGREGATE = "nonfinite-aggregate"
 
 
 @dataclass
@@ -55,6 +58,7 @@ class Screened(StrategyWrapper):
         super().__init__(inner)
         self.on_phase = on_phase or (lambda record: None)
         self._sent: dict[str, tuple[int, ...]] = {}
+        self._warned_nonfinite = False
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -69,9 +73,20 @@ class Screened(StrategyWrapper):
         arrays, metrics = (None, None)
         if usable:
             arrays, metrics = self.inner.aggregate_train(server_round, usable)
-        counts[MODEL_KEPT] = int(arrays is None)
-        if arrays is None:
+        counts[NONFINITE_AGGREGATE] = int(arrays is not None and not all_finite(arrays))
+        if counts[NONFINITE_AGGREGATE]:  # e.g. a server learning rate that overflows
+            arrays = None
+            if not self._warned_nonfinite:
+                self._warned_nonfinite = True
+                log.warning(
+                    "round %d: the aggregated model holds NaN or Inf; the previous model is "
+                    "kept (counted as train-%s every round it happens; logged once)",
+                    server_round,
+                    NONFINITE_AGGREGATE,
+                )
+        elif arrays is None:
             log.warning("round %d: no usable train reply; the global model is kept", server_round)
+        counts[MODEL_KEPT] = int(arrays is None)
         metrics = _with_counts(metrics, counts)
         self.on_phase(RoundRecord(server_round, "train", counts, metrics, usable))
         return arrays, metrics

@@ -43,6 +43,7 @@ import contextlib
 import logging
 import math
 import os
+import random
 import socket
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -90,9 +91,14 @@ def run_ray(
     """
     runtime = get_runtime(run_config)  # the driver needs the data for the strategy
     contexts = make_contexts(run_id, runtime.data.num_clients, run_config)
+    # Flower samples nodes with Python's global `random`, which a resumed run has just
+    # restored from its checkpoint; starting Ray draws from it too, so it is put back
+    # once the actors are up (else a resumed Ray run samples other nodes).
+    sampling_state = random.getstate()
     with ray_session(scenario.ray.address):
         size = pool_size(scenario.ray, len(contexts), ray.available_resources())
         with ActorPool(worker_factory(scenario.ray, run_config), contexts, size) as pool:
+            random.setstate(sampling_state)
             grid = InProcessGrid(contexts, pool.handle, run_id=run_id)
             with task_identity(run_id):
                 return execute(

@@ -3,10 +3,12 @@ a headless-browser rendering, and one-line errors."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -166,9 +168,17 @@ def test_report_computes_a_missing_frontier_from_the_checkpoint(
     stored = pd.read_csv(copy / bounds.FRONTIER_CSV)
     for name in (bounds.FRONTIER_CSV, bounds.FRONTIER_JSON, *TABLE_FILES.values()):
         (copy / name).unlink()
+    # Doubling the checkpoint's counts leaves every distribution (so the frontier) as it
+    # was, but shows in the stored record: proof that the counts came from the checkpoint.
+    last = f"fairness/counts/{FAIR['rounds']}"
+    doubled = _edit_checkpoint_tensor(copy, last, lambda counts: 2 * counts)
     calls: list[tuple[int, int]] = []
     files = bounds.write_report(copy, progress=lambda done, total: calls.append((done, total)))
     assert files.frontier_computed and calls[-1] == (16, 16)
+    record = json.loads((copy / bounds.FRONTIER_JSON).read_text())
+    assert record["counts_source"]["from"] == "checkpoint"
+    assert record["counts_source"]["round"] == FAIR["rounds"]
+    assert record["counts"] == doubled.sum(axis=3).tolist()
     again = pd.read_csv(copy / bounds.FRONTIER_CSV)  # stored for the next report
     np.testing.assert_allclose(again.accuracy, stored.accuracy, atol=1e-6)
     achieved = pd.read_csv(copy / TABLE_FILES["achieved"]).iloc[0]
@@ -176,6 +186,22 @@ def test_report_computes_a_missing_frontier_from_the_checkpoint(
     assert not bounds.write_report(copy).frontier_computed  # now it is reused
     assert bounds.write_report(copy, grid=3).frontier_computed  # another grid: recomputed
     assert len(pd.read_csv(copy / TABLE_FILES["frontier"])) == 9
+
+
+def _edit_checkpoint_tensor(
+    run_dir: Path, key: str, edit: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """Rewrite one tensor of the run's checkpoint (header kept as it is); the new value."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    path = run_dir / "checkpoint.safetensors"
+    with safe_open(str(path), "np") as fh:
+        metadata = fh.metadata()
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - not a dict
+    tensors[key] = edit(tensors[key])
+    save_file(tensors, str(path), metadata=metadata)
+    return tensors[key]
 
 
 # ----------------------------------------------------------------- pure functions
