@@ -69,3 +69,33 @@ def test_dead_node_counts_as_failed_replies_and_the_run_finishes() -> None:
     assert [server[(r, "eval-failed-replies")] for r in (1, 2, 3)] == [0, 1, 1]
     assert [server[(r, "train-usable-replies")] for r in (1, 2, 3)] == [2, 1, 1]
     assert execution.failed[0].to_dict()["reason"].startswith("no reply within")
+
+
+@pytest.mark.timeout(120)
+def test_server_app_results_hold_frontier_and_failed_nodes(tmp_path: Path) -> None:
+    """The ServerApp's results folder: frontier.* (fairness.bounds) and who failed when."""
+    from fedsim import results
+    from fedsim.engine.core import RunRecorder, build_stack
+    from fedsim.flower_app import write_results
+
+    scenario = resolve(
+        DEFAULT, {"rounds": 2, "partition.num_clients": 2, "fairness.bounds_grid": 2}
+    )
+    assert scenario.fairness.enabled and scenario.fairness.bounds
+    run_config = {"scenario": scenario.to_toml(), "data-dir": ""}
+    data = get_runtime(run_config).data
+    contexts = make_contexts(1, 2, run_config)
+    grid = DyingGrid(contexts, local_handler(client_app, contexts), run_id=1, dies_in=2)
+    recorder = RunRecorder()
+    stack = build_stack(scenario, data, recorder)
+    with task_identity(1):
+        execution = execute(scenario, data, grid, recorder=recorder, stack=stack)
+    write_results(tmp_path, scenario, execution, 1.0, stack[0].inner, run_config)
+
+    assert (tmp_path / "frontier.csv").is_file() and (tmp_path / "frontier.json").is_file()
+    summary = results.read_summary(tmp_path)
+    assert [(f["round"], f["phase"], f["partition_id"]) for f in summary["failed_nodes"]] == [
+        (2, "train", 1),
+        (2, "evaluate", 1),
+    ]
+    assert summary["failed_replies_total"] == 2
