@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import pwd
 import re
 import socket
 import subprocess
@@ -17,6 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -60,12 +63,14 @@ class Component:
             return None
 
 
-def start(component: Component, command: Sequence[str]) -> subprocess.Popen[bytes]:
+def start(
+    component: Component, command: Sequence[str], *, user: str | None = None
+) -> subprocess.Popen[bytes]:
     """Start ``command`` in the background as ``component``; write its pid file.
 
     The process gets a session of its own (it outlives the command that started it
     and a Ctrl-C there), ``FLWR_HOME`` = ``component.home`` and its output goes to
-    ``component.log``.
+    ``component.log``; with ``user``, it runs as that user (see :func:`grant`).
     """
     running = _process(component)
     if running is not None:
@@ -74,10 +79,18 @@ def start(component: Component, command: Sequence[str]) -> subprocess.Popen[byte
             f"{component.pid_file}); stop it first (fedsim deploy stop)"
         )
     component.home.mkdir(parents=True, exist_ok=True)
+    env = deploy_env(component.home)
+    ids: dict[str, Any] = {}
+    if user is not None:
+        account = _account(user)
+        ids = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+        env.update(HOME=account.pw_dir, USER=user, LOGNAME=user)
+        grant(user, component.folder)
     with component.log.open("ab") as sink:
         proc = subprocess.Popen(
             list(command),
-            env=deploy_env(component.home),
+            env=env,
+            **ids,
             cwd=component.folder,
             stdin=subprocess.DEVNULL,
             stdout=sink,
@@ -106,6 +119,34 @@ def stop(*targets: Component, grace_s: float = 10.0) -> None:
     for component in targets:
         procs.stop_processes(component.home.resolve(), grace_s=min(grace_s, 3.0))
         component.pid_file.unlink(missing_ok=True)
+
+
+def grant(user: str, folder: Path, *files: Path) -> None:
+    """Hand ``folder`` (recursively) and ``files`` to ``user``, so a process run as it can use them.
+
+    Raises
+    ------
+    DeployError
+        When this process is not root (only root can start a process as another user)
+        or ``user`` does not exist.
+    """
+    account = _account(user)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder, *folder.rglob("*"), *files]
+    for path in paths:
+        os.chown(path, account.pw_uid, account.pw_gid, follow_symlinks=False)
+
+
+def _account(user: str) -> pwd.struct_passwd:
+    if os.geteuid() != 0:
+        raise DeployError(
+            f"--user {user}: only root can start the SuperLink as another user; "
+            f"run fedsim deploy as {user} instead, without --user"
+        )
+    try:
+        return pwd.getpwnam(user)
+    except KeyError:
+        raise DeployError(f"--user: no user named {user!r} on this machine") from None
 
 
 def components(deployment: Path) -> list[Component]:
