@@ -165,6 +165,8 @@ def _await_activation(
         if CONNECTED in text:
             return True
         if exited or any(r in text for r in REFUSED):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)  # a refused SuperNode exits by itself (code 305)
             stop(component, grace_s=2)
             lines = [ln for ln in text.splitlines() if "[code:" in ln or "Failed" in ln]
             reason = " ".join(lines[-2:]) or f"it exited with code {proc.returncode}"

@@ -122,15 +122,15 @@ class Deadline(StrategyWrapper):
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():
+                reason = str(msg.error.reason or f"error code {msg.error.code}")
                 self._fail(
-                    FailedReply(
-                        server_round, phase, node, self._partitions.get(node), msg.error.reason
-                    )
+                    FailedReply(server_round, phase, node, self._partitions.get(node), reason)
                 )
             elif len(msg.content.metric_records) == 1:
                 metrics = next(iter(msg.content.metric_records.values()))
-                if keys.PARTITION_ID in metrics:
-                    self._partitions[node] = int(metrics[keys.PARTITION_ID])
+                partition = metrics.get(keys.PARTITION_ID)
+                if isinstance(partition, int | float):
+                    self._partitions[node] = int(partition)
         for sent in self._sent:
             node = sent.metadata.dst_node_id
             if node in answered:
