@@ -282,7 +282,7 @@ def test_dead_supernode_fails_its_replies_and_the_run_finishes(deployment: Path)
         "rounds": 3,
         "partition.num_clients": 2,
         "fairness.enabled": False,
-        "round_timeout": 20,
+        "round_timeout": 60,
     }
     scenario = resolve(DEFAULT, overrides)
     out = deployment / "results"
