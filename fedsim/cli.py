@@ -344,17 +344,33 @@ def deploy_keygen(
 @deploy_app.command("superlink")
 def deploy_superlink(
     folder: DeployDir,
-    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "0.0.0.0",
+    host: Annotated[
+        str, typer.Option("--host", help="Address of the public Fleet API proxy.")
+    ] = "0.0.0.0",
     port: Annotated[
-        int, typer.Option("--port", help="Port of the Fleet, Control and Runtime APIs.")
+        int, typer.Option("--port", help="Port of the public Fleet API proxy (nginx, TLS).")
     ] = 8000,
+    local_port: Annotated[
+        int,
+        typer.Option(
+            "--local-port", help="The SuperLink's own port on 127.0.0.1 (Control API: flwr)."
+        ),
+    ] = 9093,
+    user: Annotated[
+        str | None,
+        typer.Option("--user", help="Run the SuperLink and its ServerApps as this user (root)."),
+    ] = None,
 ) -> None:
-    """Start the SuperLink in the background (TLS, SuperNode authentication on)."""
+    """Start the SuperLink on 127.0.0.1 and a TLS proxy exposing only its Fleet API."""
     from fedsim import deploy
 
-    proc = deploy.start_superlink(folder, host=host, port=port)
+    proc = deploy.start_superlink(folder, host=host, port=port, local_port=local_port, user=user)
     component = deploy.Component.at(folder, "superlink")
-    typer.echo(f"SuperLink running on {host}:{port}, pid {proc.pid}, log {component.log}")
+    typer.echo(
+        f"SuperLink running on 127.0.0.1:{local_port} (Control API: --superlink "
+        f"127.0.0.1:{local_port}), pid {proc.pid}, log {component.log}"
+    )
+    typer.echo(f"Fleet API proxy (SuperNodes: --superlink HOST:{port}) listening on {host}:{port}")
 
 
 @deploy_app.command("register")
@@ -398,7 +414,12 @@ def deploy_supernode(
         runtime_port=runtime_port,
     )
     component = deploy.Component.at(folder, f"supernode-{partition_id}")
-    typer.echo(f"SuperNode {partition_id} started, pid {proc.pid}, log {component.log}")
+    state = (
+        "connected"
+        if deploy.CONNECTED in deploy.tail(component.log, 400)
+        else "started, still connecting to the SuperLink"
+    )
+    typer.echo(f"SuperNode {partition_id} {state}, pid {proc.pid}, log {component.log}")
 
 
 @deploy_app.command("nodes")
@@ -441,11 +462,16 @@ def deploy_run(
 
 
 @deploy_app.command("stop")
-def deploy_stop(folder: DeployDir) -> None:
+def deploy_stop(
+    folder: DeployDir,
+    grace: Annotated[
+        float, typer.Option("--grace", help="Seconds between SIGTERM and SIGKILL.")
+    ] = 10.0,
+) -> None:
     """Stop every component started from DIR on this machine (by their pid files)."""
     from fedsim import deploy
 
-    stopped = deploy.stop_all(folder)
+    stopped = deploy.stop_all(folder, grace_s=grace)
     typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 

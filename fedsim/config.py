@@ -154,6 +154,9 @@ class Scenario:
     # Intra-op threads of each training process (0: PyTorch's default). One thread is
     # fastest for small per-client batches and avoids oversubscribing shared cores.
     threads: int = field(default=1, metadata=_range(0, 1024))
+    # Seconds the server waits for the replies of one phase (train or evaluate) of a
+    # round; a node that has not replied by then counts as a failed reply (Flower: 3600).
+    round_timeout: float = field(default=3600.0, metadata=_range(0.0, 7 * 86400, lo_open=True))
     data: DataConfig = DataConfig()
     partition: PartitionConfig = PartitionConfig()
     model: ModelConfig = ModelConfig()

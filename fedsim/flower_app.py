@@ -25,6 +25,7 @@ import logging
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -32,7 +33,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedsim import results
 from fedsim.clients.app import client_app
 from fedsim.config import Scenario
-from fedsim.engine.core import Execution, execute
+from fedsim.engine.core import Execution, RunRecorder, build_stack, execute
 from fedsim.errors import FedsimError
 from fedsim.runtime import get_runtime, scenario_from_run_config
 from fedsim.server_files import ARRAY_KEYS, ERROR, OUT_DIR, write_error
@@ -62,13 +63,17 @@ def main(grid: Grid, context: Context) -> None:
         runtime = get_runtime(run_config)  # data metadata: node count, model shapes
         _check_federation_size(grid, runtime.data.num_clients)
         t0 = time.perf_counter()
-        execution = execute(scenario, runtime.data, grid)
+        recorder = RunRecorder()
+        stack = build_stack(scenario, runtime.data, recorder)
+        execution = execute(scenario, runtime.data, grid, recorder=recorder, stack=stack)
     except FedsimError as exc:
         if out_dir:
             write_error(Path(out_dir), exc)
         raise
     if out_dir:
-        write_results(Path(out_dir), scenario, execution, time.perf_counter() - t0)
+        wall = time.perf_counter() - t0
+        accountant = getattr(stack[0], "inner", None)  # FairnessAccounting when enabled
+        write_results(Path(out_dir), scenario, execution, wall, accountant, run_config)
         log.info("results written to %s", out_dir)
 
 
@@ -90,8 +95,19 @@ def _check_federation_size(grid: Grid, num_clients: int) -> None:
         )
 
 
-def write_results(out_dir: Path, scenario: Scenario, execution: Execution, wall: float) -> None:
+def write_results(
+    out_dir: Path,
+    scenario: Scenario,
+    execution: Execution,
+    wall: float,
+    accountant: Any = None,
+    run_config: dict[str, Any] | None = None,
+) -> None:
     """Write a results folder for a run that :func:`execute` completed.
+
+    As the local engine's runner does, a run with ``fairness.bounds`` also gets the
+    AGLFOP frontier (``frontier.csv``, ``frontier.json``); the summary lists every
+    failed reply (``failed_nodes``: round, phase, node id, partition id, reason).
 
     Parameters
     ----------
@@ -103,11 +119,18 @@ def write_results(out_dir: Path, scenario: Scenario, execution: Execution, wall:
         What :func:`~fedsim.engine.core.execute` returned.
     wall
         Seconds the run took, for the summary.
+    accountant
+        The run's fairness accountant (its last accounted round's counts), if any.
+    run_config
+        The run config (to rebuild the test split when there is no accountant).
     """
     arrays = {k: v.numpy() for k, v in execution.arrays.items()}
     frame = results.metrics_frame(execution.recorder.rows)
     summary = make_summary(scenario, frame, wall, execution.wall_time, execution.round_times)
-    keys = json.dumps(list(arrays)).encode("utf-8")
-    results.write_run(
-        out_dir, scenario.to_toml(), frame, arrays, summary, extra_files={ARRAY_KEYS: keys}
-    )
+    summary["failed_nodes"] = [failed.to_dict() for failed in execution.failed]
+    extra = {ARRAY_KEYS: json.dumps(list(arrays)).encode("utf-8")}
+    if scenario.fairness.enabled and scenario.fairness.bounds:
+        from fedsim.bounds import run_frontier_files  # cvxpy: only when asked for
+
+        extra |= run_frontier_files(scenario, frame, accountant, run_config)
+    results.write_run(out_dir, scenario.to_toml(), frame, arrays, summary, extra_files=extra)

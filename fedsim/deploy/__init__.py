@@ -10,6 +10,12 @@ builds the exact command lines (``flower-superlink``, ``flower-supernode``,
   ``localhost`` (the SuperLink's own SuperExec connects over loopback). SuperNodes
   and ``flwr`` verify the SuperLink with the CA certificate; Flower 1.42 has no
   client certificates (no mutual TLS): a SuperNode proves who it is with its key.
+* **Only the Fleet API is public.** Flower 1.42 serves the Fleet, Control and Runtime
+  APIs on one HTTPS port; the SuperLink binds 127.0.0.1 and an nginx proxy
+  (:mod:`~fedsim.deploy.proxy`) on the public address forwards only the Fleet routes
+  SuperNodes use, so holding ``ca.pem`` does not open the Control API (register keys,
+  ``flwr run``). The operator uses the Control API on the SuperLink host or through an
+  SSH tunnel.
 * **SuperNode authentication.** Each SuperNode owns a NIST P-384 key pair in
   OpenSSH format. The SuperLink runs with ``--enable-supernode-auth`` and accepts
   only nodes whose public key was registered through its Control API
@@ -26,11 +32,12 @@ Folder layout (``DIR``)::
 
     certs/ca.pem ca.key server.pem server.key   ca.key stays with whoever signs
     keys/NAME.key NAME.pub                      a SuperNode's key pair
-    superlink/  supernode-K/  cli/              home/ (FLWR_HOME), log, pid
+    superlink/  proxy/  supernode-K/  cli/      home/ (FLWR_HOME), log, pid
 
 Modules: :mod:`~fedsim.deploy.certs` (CA, SuperLink certificate, node key pairs),
 :mod:`~fedsim.deploy.commands` (command lines, environment, the CLI's config file),
 :mod:`~fedsim.deploy.processes` (start, stop, pid files, logs),
+:mod:`~fedsim.deploy.proxy` (the nginx Fleet proxy),
 :mod:`~fedsim.deploy.steps` (start components, register, list, run) and
 :mod:`~fedsim.deploy.errors`; this package re-exports their public names.
 """
@@ -47,6 +54,7 @@ from fedsim.deploy.certs import (
 )
 from fedsim.deploy.commands import (
     CONNECTION,
+    DEFAULT_LOCAL_PORT,
     DEFAULT_PORT,
     DEFAULT_RUNTIME_PORT,
     deploy_env,
@@ -69,7 +77,9 @@ from fedsim.deploy.processes import (
     tail,
     wait_for_port,
 )
+from fedsim.deploy.proxy import FLEET_ROUTES, nginx_config
 from fedsim.deploy.steps import (
+    CONNECTED,
     flwr_cli,
     list_nodes,
     register_node,
@@ -80,7 +90,11 @@ from fedsim.deploy.steps import (
 )
 
 __all__ = [
+    "CONNECTED",
     "CONNECTION",
+    "DEFAULT_LOCAL_PORT",
+    "FLEET_ROUTES",
+    "nginx_config",
     "CURVE",
     "DEFAULT_PORT",
     "DEFAULT_RUNTIME_PORT",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fedsim.deploy.errors import DeployError
+
 LOOPBACK = ("127.0.0.1", "localhost")
+KEY_NAME = re.compile(r"[A-Za-z0-9._-]+")
+DNS_NAME = re.compile(r"(?=.{1,253}$)(\*\.)?([A-Za-z0-9_]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+")
 CURVE = ec.SECP384R1()  # `flwr supernode register` accepts NIST curves only
 
 
@@ -69,7 +74,16 @@ def make_certificates(folder: Path, hosts: Iterable[str] = (), days: int = 365) 
     -------
     Certificates
         The written paths. Existing files are replaced.
+
+    Raises
+    ------
+    DeployError
+        For ``days`` < 1 or a host that is neither an IP address nor a valid
+        (internationalised) DNS name; nothing is written then.
     """
+    if int(days) < 1:
+        raise DeployError(f"--days: expected a validity of at least 1 day, got {days}")
+    names = _subject_alt_names([*hosts, *LOOPBACK])
     certs = Certificates.at(folder)
     certs.ca.parent.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)  # clock skew
@@ -91,7 +105,6 @@ def make_certificates(folder: Path, hosts: Iterable[str] = (), days: int = 365) 
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(CURVE)
-    names = _subject_alt_names([*hosts, *LOOPBACK])
     server = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedsim superlink")]))
@@ -118,7 +131,18 @@ def make_certificates(folder: Path, hosts: Iterable[str] = (), days: int = 365) 
 
 
 def make_node_key(folder: Path, name: str) -> NodeKey:
-    """Create a SuperNode key pair (P-384, OpenSSH format) in ``folder/keys``."""
+    """Create a SuperNode key pair (P-384, OpenSSH format) in ``folder/keys``.
+
+    Raises
+    ------
+    DeployError
+        When ``name`` is not a plain file name (``[A-Za-z0-9._-]+``, not ``.``/``..``):
+        the key files must stay inside ``folder/keys``.
+    """
+    if not KEY_NAME.fullmatch(name) or name in (".", ".."):
+        raise DeployError(
+            f"key name: expected letters, digits, '.', '_' or '-' (e.g. node-0), got {name!r}"
+        )
     paths = NodeKey.at(folder, name)
     paths.private.parent.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(CURVE)
@@ -141,8 +165,22 @@ def _subject_alt_names(hosts: Iterable[str]) -> list[x509.GeneralName]:
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
-            names.append(x509.DNSName(host))
+            names.append(x509.DNSName(_dns_name(host)))
     return names
+
+
+def _dns_name(host: str) -> str:
+    """``host`` as an ASCII DNS name; an internationalised name is IDNA-encoded."""
+    try:
+        ascii_name = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        ascii_name = ""
+    if not DNS_NAME.fullmatch(ascii_name):
+        raise DeployError(
+            f"--hosts: {host!r} is neither an IP address nor a DNS name "
+            f"(letters, digits, '-' and '.' only, or an internationalised name)"
+        )
+    return ascii_name
 
 
 def _key_usage(cert_sign: bool) -> x509.KeyUsage:

@@ -17,7 +17,10 @@ from fedsim.deploy.certs import Certificates
 from fedsim.deploy.errors import DeployError
 
 CONNECTION = "fedsim"  # the SuperLink connection's name in the CLI's config.toml
-DEFAULT_PORT = 8000  # Flower 1.42 serves Fleet, Control and Runtime APIs on one port
+DEFAULT_PORT = 8000  # the public Fleet API proxy (nginx, TLS) that SuperNodes connect to
+# The SuperLink itself, on 127.0.0.1 only: Flower 1.42 serves Fleet, Control and Runtime
+# APIs on this one port, so the Control API never leaves the host.
+DEFAULT_LOCAL_PORT = 9093
 DEFAULT_RUNTIME_PORT = 9094  # a SuperNode's local Runtime API (for its ClientApps)
 
 

@@ -1,8 +1,9 @@
 """Background processes of the components: start, stop, pid files, logs and ports.
 
-A component (SuperLink, SuperNode, ``flwr`` CLI) is a folder with its ``FLWR_HOME``, a
-log and a pid file. A process is only signalled when its environment names the
-component's ``FLWR_HOME``, so a stale pid file never hits an unrelated process.
+A component (SuperLink, SuperNode, ``flwr`` CLI, TLS proxy) is a folder with its
+``FLWR_HOME``, a log and a pid file. A process is only signalled when its environment
+names the component's ``FLWR_HOME`` (:mod:`fedsim.procs`, psutil), so a stale pid file
+never hits an unrelated process.
 """
 
 from __future__ import annotations
@@ -10,15 +11,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pwd
 import re
-import signal
 import socket
 import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import psutil
+
+from fedsim import procs
 from fedsim.deploy.commands import deploy_env
 from fedsim.deploy.errors import DeployError
 
@@ -58,24 +63,34 @@ class Component:
             return None
 
 
-def start(component: Component, command: Sequence[str]) -> subprocess.Popen[bytes]:
+def start(
+    component: Component, command: Sequence[str], *, user: str | None = None
+) -> subprocess.Popen[bytes]:
     """Start ``command`` in the background as ``component``; write its pid file.
 
     The process gets a session of its own (it outlives the command that started it
     and a Ctrl-C there), ``FLWR_HOME`` = ``component.home`` and its output goes to
-    ``component.log``.
+    ``component.log``; with ``user``, it runs as that user (see :func:`grant`).
     """
-    running = component.pid()
-    if running is not None and _alive(running, component.home):
+    running = _process(component)
+    if running is not None:
         raise DeployError(
-            f"{component.name} already runs with pid {running} (pid file "
+            f"{component.name} already runs with pid {running.pid} (pid file "
             f"{component.pid_file}); stop it first (fedsim deploy stop)"
         )
     component.home.mkdir(parents=True, exist_ok=True)
+    env = deploy_env(component.home)
+    ids: dict[str, Any] = {}
+    if user is not None:
+        account = _account(user)
+        ids = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+        env.update(HOME=account.pw_dir, USER=user, LOGNAME=user)
+        grant(user, component.folder)
     with component.log.open("ab") as sink:
         proc = subprocess.Popen(
             list(command),
-            env=deploy_env(component.home),
+            env=env,
+            **ids,
             cwd=component.folder,
             stdin=subprocess.DEVNULL,
             stdout=sink,
@@ -87,29 +102,51 @@ def start(component: Component, command: Sequence[str]) -> subprocess.Popen[byte
     return proc
 
 
-def stop(*targets: Component, grace_s: float = 5.0) -> None:
+def stop(*targets: Component, grace_s: float = 10.0) -> None:
     """Stop components: SIGTERM to their pids, SIGKILL after ``grace_s``, then what they started.
 
     All targets are signalled at once. Only a process whose environment names the
     component's ``FLWR_HOME`` is signalled, so a stale pid file never hits an unrelated
-    process that reused the pid. What a component started (SuperExec, ServerApp and
-    ClientApp processes) carries its ``FLWR_HOME`` too and is stopped afterwards.
+    process that reused the pid. A component that ignores SIGTERM (a SuperLink with a
+    streaming ``flwr run`` attached can, for longer than any grace) is killed by pid.
+    What a component started (SuperExec, ServerApp and ClientApp processes) carries its
+    ``FLWR_HOME`` too and is stopped afterwards.
     """
-    from fedsim.engine.flower import stop_processes
-
-    running = {c: pid for c in targets if (pid := c.pid()) is not None and _alive(pid, c.home)}
-    for pid in running.values():
-        _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(_alive(p, c.home) for c, p in running.items()):
-        time.sleep(0.1)
-    for component, pid in running.items():
-        if _alive(pid, component.home):
-            log.warning("%s (pid %s) ignored SIGTERM; killing it", component.name, pid)
-            _signal(pid, signal.SIGKILL)
+    running = {c: proc for c in targets if (proc := _process(c)) is not None}
+    for pid in procs.terminate(running.values(), grace_s=grace_s):
+        name = next(c.name for c, p in running.items() if p.pid == pid)
+        log.warning("%s (pid %s) ignored SIGTERM for %.0f s; killed it", name, pid, grace_s)
     for component in targets:
-        stop_processes(component.home.resolve(), grace_s=grace_s)
+        procs.stop_processes(component.home.resolve(), grace_s=min(grace_s, 3.0))
         component.pid_file.unlink(missing_ok=True)
+
+
+def grant(user: str, folder: Path, *files: Path) -> None:
+    """Hand ``folder`` (recursively) and ``files`` to ``user``, so a process run as it can use them.
+
+    Raises
+    ------
+    DeployError
+        When this process is not root (only root can start a process as another user)
+        or ``user`` does not exist.
+    """
+    account = _account(user)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder, *folder.rglob("*"), *files]
+    for path in paths:
+        os.chown(path, account.pw_uid, account.pw_gid, follow_symlinks=False)
+
+
+def _account(user: str) -> pwd.struct_passwd:
+    if os.geteuid() != 0:
+        raise DeployError(
+            f"--user {user}: only root can start the SuperLink as another user; "
+            f"run fedsim deploy as {user} instead, without --user"
+        )
+    try:
+        return pwd.getpwnam(user)
+    except KeyError:
+        raise DeployError(f"--user: no user named {user!r} on this machine") from None
 
 
 def components(deployment: Path) -> list[Component]:
@@ -118,7 +155,7 @@ def components(deployment: Path) -> list[Component]:
     return [Component(p.parent) for p in sorted(root.glob("*/*.pid")) if p.stem == p.parent.name]
 
 
-def stop_all(deployment: Path, grace_s: float = 5.0) -> list[str]:
+def stop_all(deployment: Path, grace_s: float = 10.0) -> list[str]:
     """Stop every component of ``deployment``, SuperNodes before the SuperLink.
 
     Returns the names of the components that had a pid file.
@@ -130,32 +167,10 @@ def stop_all(deployment: Path, grace_s: float = 5.0) -> list[str]:
     return [c.name for c in found]
 
 
-def _alive(pid: int, home: Path) -> bool:
-    """Whether ``pid`` is a live (not zombie) process of the component with ``home``.
-
-    A zombie child is not reaped here: a caller holding its ``Popen`` keeps its status.
-    """
-    proc = Path("/proc") / str(pid)
-    if not (Path("/proc") / "self" / "environ").exists():  # no /proc: trust the pid
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    try:
-        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        environ = (proc / "environ").read_bytes().split(b"\0")
-    except (OSError, IndexError):
-        return False
-    marker = f"FLWR_HOME={Path(home).resolve()}".encode()
-    return state != "Z" and marker in environ
-
-
-def _signal(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, sig)
+def _process(component: Component) -> psutil.Process | None:
+    """The component's live process by its pid file (None: none, or the pid was reused)."""
+    pid = component.pid()
+    return None if pid is None else procs.owned_process(pid, component.home)
 
 
 def wait_for_port(

@@ -10,6 +10,7 @@ import contextlib
 import json
 import re
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import tomli_w
 from fedsim import results
 from fedsim.deploy.certs import LOOPBACK, Certificates, NodeKey
 from fedsim.deploy.commands import (
+    DEFAULT_LOCAL_PORT,
     DEFAULT_PORT,
     DEFAULT_RUNTIME_PORT,
     deploy_env,
@@ -30,24 +32,59 @@ from fedsim.deploy.commands import (
     write_cli_config,
 )
 from fedsim.deploy.errors import DeployError
-from fedsim.deploy.processes import Component, start, stop, tail, wait_for_port
-from fedsim.errors import FedsimError
+from fedsim.deploy.processes import Component, grant, start, stop, tail, wait_for_port
+from fedsim.deploy.proxy import proxy_command, write_proxy_config
 
 
 def start_superlink(
-    deployment: Path, *, host: str = "0.0.0.0", port: int = DEFAULT_PORT, timeout_s: float = 60
+    deployment: Path,
+    *,
+    host: str = "0.0.0.0",
+    port: int = DEFAULT_PORT,
+    local_port: int = DEFAULT_LOCAL_PORT,
+    user: str | None = None,
+    timeout_s: float = 60,
 ) -> subprocess.Popen[bytes]:
-    """Start the SuperLink of ``deployment`` (its certificates must exist) and wait for it."""
+    """Start the SuperLink on ``127.0.0.1:local_port`` and the Fleet proxy on ``host:port``.
+
+    The SuperLink (Fleet, Control and Runtime APIs on one port) listens on loopback
+    only; nginx (:mod:`~fedsim.deploy.proxy`) terminates TLS on the public address and
+    forwards only the Fleet API. The operator reaches the Control API on
+    ``127.0.0.1:local_port`` (on this host, or through an SSH tunnel).
+
+    Parameters
+    ----------
+    user
+        Run the SuperLink (and so its ServerApps) as this unprivileged user; needs root.
+
+    Returns
+    -------
+    subprocess.Popen
+        The SuperLink's process (the proxy's pid is in ``proxy/proxy.pid``).
+    """
     certs = _existing_certificates(deployment)
+    if host.strip("[]") in (*LOOPBACK, "::1") and port == local_port:
+        raise DeployError(f"--port and --local-port must differ, both are {port}")
     component = Component.at(deployment, "superlink")
+    proxy = Component.at(deployment, "proxy")
     component.folder.mkdir(parents=True, exist_ok=True)
-    command = superlink_command(certs, host=host, port=port, database=component.folder / "state.db")
-    proc = start(component, command)
-    probe = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host.strip("[]")
+    command = superlink_command(
+        certs, host="127.0.0.1", port=local_port, database=component.folder / "state.db"
+    )
+    if user is not None:
+        grant(user, component.folder, certs.server, certs.server_key)
+    proc = start(component, command, user=user)
     try:
-        wait_for_port(probe, port, proc, component.log, timeout_s)
+        wait_for_port("127.0.0.1", local_port, proc, component.log, timeout_s)
+        proxy.folder.mkdir(parents=True, exist_ok=True)
+        config = write_proxy_config(
+            certs, proxy.folder, listen_host=host, listen_port=port, superlink_port=local_port
+        )
+        nginx = start(proxy, proxy_command(config, proxy.folder))
+        probe = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host.strip("[]")
+        wait_for_port(probe, port, nginx, proxy.log, timeout_s)
     except DeployError:
-        stop(component)
+        stop(proxy, component)
         raise
     return proc
 
@@ -62,11 +99,19 @@ def start_supernode(
     key: Path | None = None,
     runtime_port: int = DEFAULT_RUNTIME_PORT,
     name: str | None = None,
+    confirm_s: float = 15.0,
 ) -> subprocess.Popen[bytes]:
     """Start a SuperNode serving partition ``partition_id`` of ``num_partitions``.
 
     ``key`` defaults to ``keys/node-<partition_id>.key``; ``name`` (the component's
-    folder) to ``supernode-<partition_id>``.
+    folder) to ``supernode-<partition_id>``. Waits up to ``confirm_s`` seconds for
+    the SuperLink to accept the node (0: do not wait).
+
+    Raises
+    ------
+    DeployError
+        When the SuperLink refuses the node (unregistered key, wrong address): the
+        SuperNode is stopped and the refusal quoted.
     """
     if not 0 <= partition_id < num_partitions:
         raise DeployError(
@@ -92,7 +137,56 @@ def start_supernode(
         data_dir=data_dir,
         runtime_port=runtime_port,
     )
-    return start(Component.at(deployment, name or f"supernode-{partition_id}"), command)
+    component = Component.at(deployment, name or f"supernode-{partition_id}")
+    offset = component.log.stat().st_size if component.log.is_file() else 0
+    proc = start(component, command)
+    if confirm_s > 0:
+        _await_activation(component, proc, offset, confirm_s)
+    return proc
+
+
+CONNECTED = "SuperNode ID:"  # what Flower 1.42's SuperNode logs once the SuperLink accepted it
+REFUSED = ("Failed to activate SuperNode", "Failed to initialize the connection")
+
+
+def _await_activation(
+    component: Component, proc: subprocess.Popen[bytes], offset: int, timeout_s: float
+) -> bool:
+    """Wait until the SuperLink accepts the SuperNode; raise when it refuses it.
+
+    Returns False when the SuperNode still tries to connect after ``timeout_s`` (the
+    SuperLink may not be up yet: it keeps retrying).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        exited = proc.poll() is not None
+        text = _read_from(component.log, offset)
+        if CONNECTED in text:
+            return True
+        if exited or any(r in text for r in REFUSED):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)  # a refused SuperNode exits by itself (code 305)
+            stop(component, grace_s=2)
+            lines = [ln for ln in text.splitlines() if "[code:" in ln or "Failed" in ln]
+            reason = " ".join(lines[-2:]) or f"it exited with code {proc.returncode}"
+            raise DeployError(
+                f"{component.name} was refused by the SuperLink ({reason.strip()}); is its "
+                f"public key registered (fedsim deploy register) and the address that of "
+                f"the Fleet proxy? Log: {component.log}"
+            )
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+
+
+def _read_from(path: Path, offset: int) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            raw = f.read()
+    except OSError:
+        return ""
+    return re.sub(r"\x1b\[[0-9;]*m", "", raw.decode("utf-8", errors="replace"))
 
 
 def flwr_cli(deployment: Path, superlink: str) -> Component:
@@ -255,8 +349,7 @@ def run_scenario(
     DeployError
         When ``flwr run`` failed or timed out (with the tail of its output).
     """
-    from fedsim import errors
-    from fedsim.flower_app import ERROR
+    from fedsim.server_files import ERROR, raise_recorded_error
 
     for stale in (Path(out_dir) / ERROR, Path(out_dir) / results.SUMMARY):
         stale.unlink(missing_ok=True)  # from an earlier run into the same folder
@@ -268,12 +361,7 @@ def run_scenario(
         data_dir=data_dir,
         timeout_s=timeout_s,
     )
-    error_file = Path(out_dir) / ERROR
-    if error_file.is_file():
-        error = json.loads(error_file.read_text("utf-8"))
-        cls = getattr(errors, str(error.get("type")), None)
-        if isinstance(cls, type) and issubclass(cls, FedsimError):
-            raise cls(error["message"])
+    raise_recorded_error(Path(out_dir))
     run_log = Component.at(deployment, "cli").folder / "flwr-run.log"
     if code != 0:
         status = "timed out" if code is None else f"exited with code {code}"

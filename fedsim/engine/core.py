@@ -24,6 +24,7 @@ from fedsim.clients import keys
 from fedsim.clients.models import build_model
 from fedsim.config import Scenario
 from fedsim.data import FederatedData
+from fedsim.engine.deadline import Deadline, FailedReply
 from fedsim.strategies.registry import build_strategy
 from fedsim.strategies.screening import RoundRecord, Screened
 from fedsim.strategies.wrapper import StrategyWrapper
@@ -104,6 +105,7 @@ class Execution:
     wall_time: float
     strategy: Strategy
     round_times: list[float] = field(default_factory=list)  # seconds per round, as run
+    failed: list[FailedReply] = field(default_factory=list)  # replies that failed, by node
 
 
 def execute(
@@ -118,6 +120,9 @@ def execute(
     on_round: RoundHook | None = None,
 ) -> Execution:
     """Run ``scenario.rounds − start_round`` rounds of the strategy over ``grid``.
+
+    Each phase of a round waits at most ``scenario.round_timeout`` seconds for its
+    replies; a node that sent none counts as a failed reply (:mod:`.deadline`).
 
     ``on_round(round, arrays, recorder)`` runs after every round (progress bars,
     checkpoints). Flower's node sampling uses Python's global ``random`` module, so a
@@ -143,17 +148,20 @@ def execute(
                 last[0] = time.perf_counter()  # hooks (checkpoints, progress) are not rounds
         return None
 
-    offset = _RoundOffset(outer, start_round)
+    deadline = Deadline(outer, scenario.round_timeout)  # missing replies count as failed
+    offset = _RoundOffset(deadline, start_round)
     with flower_log_level():
         result = offset.start(
             grid=grid,
             initial_arrays=arrays,
             num_rounds=scenario.rounds - start_round,
+            timeout=scenario.round_timeout,
             train_config=ConfigRecord(),
             evaluate_fn=after_round,
         )
     final = result.arrays if result.arrays is not None and len(result.arrays) else arrays
-    return Execution(final, recorder, time.perf_counter() - t0, inner, round_times)
+    wall = time.perf_counter() - t0
+    return Execution(final, recorder, wall, inner, round_times, deadline.failed)
 
 
 @contextlib.contextmanager

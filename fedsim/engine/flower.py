@@ -24,7 +24,7 @@ Flower's runtime is imported or patched here.
   records no pid for it), and so do its SuperExec, the simulation process and Ray's
   processes when a run fails or times out. Afterwards, whatever happened, every
   process whose environment names this run's ``FLWR_HOME``, their children and their
-  process groups are stopped (see :func:`run_processes`).
+  process groups are stopped (:func:`fedsim.procs.stop_processes`).
 * **Progress.** The rounds run in another process, so ``on_round`` is called once
   per round after the run, from the recorded rows; its ``arrays`` argument is the
   final global model in every call (a checkpoint written from it is exact for the
@@ -33,12 +33,10 @@ Flower's runtime is imported or patched here.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -57,6 +55,7 @@ from fedsim.config import Scenario
 from fedsim.data.files import data_dir as resolve_data_dir
 from fedsim.engine.core import Execution, RoundHook, RunRecorder
 from fedsim.errors import ConfigError
+from fedsim.procs import stop_processes
 from fedsim.server_files import ARRAY_KEYS, OUT_DIR, raise_recorded_error
 from fedsim.strategies.registry import build_strategy
 
@@ -321,77 +320,3 @@ def _failure_message(code: int | None, output: str, home: Path) -> str:
 def _tail(text: str) -> str:
     plain = re.sub(r"\x1b\[[0-9;]*m", "", text)  # Flower colours its log lines
     return "\n".join(plain.strip().splitlines()[-TAIL_LINES:])
-
-
-# ------------------------------------------------------------------ process clean-up
-
-
-def stop_processes(home: Path, grace_s: float = 3.0, kill_wait_s: float = 15.0) -> None:
-    """Stop every process of the Flower run whose ``FLWR_HOME`` is ``home``.
-
-    SIGTERM first; what is still alive after ``grace_s`` (Ray's agents ignore
-    SIGTERM) gets SIGKILL, and is waited for up to ``kill_wait_s`` more.
-    """
-    groups: set[int] = set()
-    deadline = time.monotonic() + grace_s
-    sig = signal.SIGTERM
-    while pids := run_processes(home, groups):
-        if sig == signal.SIGKILL and time.monotonic() > deadline + kill_wait_s:
-            log.warning("processes %s of Flower's run did not stop", pids)
-            return
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-        time.sleep(0.1)
-        if time.monotonic() > deadline:
-            sig = signal.SIGKILL
-
-
-def run_processes(home: Path, groups: set[int]) -> list[int]:
-    """Live (not zombie) processes of the Flower run whose ``FLWR_HOME`` is ``home``.
-
-    A process is the run's when its environment holds ``FLWR_HOME=home`` (on systems
-    without ``/proc``: when its command line names ``home``, as the SuperLink's does),
-    when its parent is, or when it is in the process group of one that is (the
-    SuperLink and SuperExec start sessions of their own; Ray's processes stay in the
-    SuperExec's, and those that rename themselves lose their readable environment).
-    ``groups`` collects those groups across calls, so processes whose parents are
-    gone are still found.
-    """
-    table = _process_table(home)
-    own_group = os.getpgid(0)
-    ours = {pid for pid, _, _, marked in table if marked}
-    ours |= {pid for pid, ppid, _, _ in table if ppid in ours}
-    groups.update(pgid for pid, _, pgid, _ in table if pid in ours and pgid != own_group)
-    return sorted(pid for pid, _, pgid, _ in table if pid in ours or pgid in groups)
-
-
-def _process_table(home: Path) -> list[tuple[int, int, int, bool]]:
-    """``(pid, ppid, pgid, names home)`` of every live process but this one."""
-    rows = []
-    proc = Path("/proc")
-    if (proc / "self" / "environ").exists():
-        marker = f"FLWR_HOME={home}".encode()
-        for entry in proc.iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:  # bytes: a process name need not be UTF-8
-                fields = (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()
-                marked = marker in (entry / "environ").read_bytes().split(b"\0")
-                row = (int(entry.name), int(fields[1]), int(fields[2]), marked)
-            except (OSError, IndexError, ValueError):
-                continue  # gone meanwhile, or another user's
-            if fields[0] != b"Z":
-                rows.append(row)
-    else:
-        out = subprocess.run(
-            ["ps", "-A", "-o", "pid=", "-o", "ppid=", "-o", "pgid=", "-o", "stat=", "-o", "args="],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout
-        for line in out.splitlines():
-            pid, ppid, pgid, stat, *args = line.split(None, 4)
-            if not stat.startswith("Z"):
-                rows.append((int(pid), int(ppid), int(pgid), str(home) in " ".join(args)))
-    return [row for row in rows if row[0] != os.getpid()]
