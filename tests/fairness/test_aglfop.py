@@ -449,6 +449,38 @@ def _distance_to_hull(point: np.ndarray, vertices: np.ndarray) -> float:
     return float(res.fun)
 
 
+def _scored_rows(seed: int) -> tuple[np.ndarray, ...]:
+    """Rows (client, group, label, score) of a score model that is better on group 1."""
+    rng = np.random.default_rng(seed)
+    n = 600
+    clients, groups = rng.integers(0, 3, size=n), rng.integers(0, 2, size=n)
+    labels = (rng.random(n) < 0.3 + 0.4 * groups).astype(int)  # Z and Y correlated
+    scores = (2 * labels - 1) * (0.5 + groups) + rng.normal(size=n) + 0.3 * clients
+    return clients, groups, labels, scores
+
+
+@pytest.mark.parametrize(("seed", "threshold"), [(0, 0.0), (1, 0.5), (2, -0.4)])
+def test_model_specific_optimum_lies_between_the_model_and_the_agnostic_optimum(
+    seed: int, threshold: float
+) -> None:
+    from fedsim.fairness.aglfop_feasible import accuracy, disparities_bits
+    from fedsim.fairness.roc import hull_points
+
+    clients, groups, labels, scores = _scored_rows(seed)
+    counts = np.zeros((3, 2, 2))
+    np.add.at(counts, (clients, groups, labels), 1.0)
+    q_model = np.zeros((3, 2, 2, 2))  # the trained model: predict 1 when score > threshold
+    np.add.at(q_model, (clients, groups, labels, (scores > threshold).astype(int)), 1.0)
+    q_model /= q_model.sum()
+    eps_g, eps_l = disparities_bits(q_model)
+    roc = [hull_points(curve) for curve in roc_points(scores, labels, groups)]
+    specific = solve(counts, eps_g, eps_l, roc_region=roc, compute_pid=False)
+    agnostic = solve(counts, eps_g, eps_l, compute_pid=False)
+    assert accuracy(q_model) - 1e-7 <= specific.accuracy <= agnostic.accuracy + 1e-7
+    assert specific.accuracy < agnostic.accuracy - 1e-3  # the ROC hull does restrict
+    _assert_feasible(specific, counts, eps_g, eps_l)
+
+
 def test_infeasible_roc_region_raises_and_frontier_records_it() -> None:
     point = [(0.1, 0.9)]  # one operating point; base rates differ across groups
     with pytest.raises(SolverError, match="ROC region"):
