@@ -77,11 +77,16 @@ def _entropy_scale(ax: Axes, entropy_z: float | None) -> None:
     """
     if entropy_z is None or not np.isfinite(entropy_z) or entropy_z <= 0:
         return
-    h = float(entropy_z)
-    scale = ax.secondary_yaxis(
-        "right", functions=(lambda bits: 100.0 * bits / h, lambda pct: pct * h / 100.0)
-    )
-    scale.set_ylabel(f"% of H(Z) = {h:.3f} bits")
+    per_bit = 100.0 / float(entropy_z)
+
+    def to_percent(bits: Any) -> Any:
+        return np.asarray(bits, dtype=float) * per_bit
+
+    def to_bits(percent: Any) -> Any:
+        return np.asarray(percent, dtype=float) / per_bit
+
+    scale = ax.secondary_yaxis("right", functions=(to_percent, to_bits))
+    scale.set_ylabel(f"% of H(Z) = {entropy_z:.3f} bits")
 
 
 def accuracy_svg(table: pd.DataFrame) -> str:
