@@ -24,25 +24,31 @@ independence constraints ``Q(z, ŷ) = P(z) Q(ŷ)`` (resp. ``Q(s, z, ŷ) = P(z|s)
 which are used instead.  A budget at or above ``H(Z)`` (resp. ``H(Z | S)``) can never bind
 and is dropped.  Each of these structural variants is built once, with the budgets as
 ``cvxpy.Parameter`` (DPP), and re-solved.  Near zero the optimum grows like ``sqrt(eps)``,
-so the problem is ill-conditioned there: the variable is scaled (see ``_SCALE``) so that
-budgets hold to ~1e-9 bits, and a stalled solve is retried with other Clarabel settings;
-budgets below ~1e-5 bits may still come back ``"optimal_inaccurate"`` (feasible, accuracy
-good to ~1e-6).  The returned classifier is clipped at zero and rescaled to the exact
-marginals.
+so the problem is ill-conditioned there: the variable is scaled so that budgets hold to
+~1e-9 bits, and a stalled solve is retried with other Clarabel settings.  Budgets below
+~1e-7 bits still often come back ``"optimal_inaccurate"``, sometimes below the budget-0
+optimum or slightly over budget; every answer is therefore *guarded*
+(:mod:`fedsim.fairness.aglfop_feasible`): it is never below the budget-0 solution of
+the same problem (feasible for every budget) and never over budget by more than
+``BUDGET_TOL_BITS`` = 1e-12 bits, by falling back to that solution or to the largest
+within-budget mixture of the two.  The returned classifier is clipped at zero and
+rescaled to the exact marginals.
+
+Code layout: this module is the public API (validation, results, frontier);
+:mod:`fedsim.fairness.aglfop_program` builds and solves the cvxpy programs;
+:mod:`fedsim.fairness.aglfop_feasible` holds the numpy measures and the guard.
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
-import cvxpy as cp
 import numpy as np
 import pandas as pd
-import scipy.sparse as sps
+from fedsim.fairness.aglfop_feasible import accuracy, disparities_bits
+from fedsim.fairness.aglfop_program import SOLVER, AGLFOPModel, PointSolution
 from fedsim.fairness.roc import roc_points, validate_roc_region
 from numpy.typing import ArrayLike, NDArray
 
@@ -52,23 +58,6 @@ __all__ = ["AGLFOPResult", "frontier", "roc_points", "solve"]
 
 logger = logging.getLogger(__name__)
 
-#: Total mass given to ``x = scale * Q``.  Clarabel's tolerances have an absolute floor
-#: of 1e-8; at mass 1 that lets I(Z;Ŷ) exceed a small budget by ~1e-8 bits, which at small
-#: budgets (where the optimum grows like sqrt(eps)) moves the accuracy by ~1e-6.  A large
-#: mass makes the floor negligible (violations ~1e-10 bits).
-_SCALE = 1e5
-#: Clarabel settings tried in turn until one reports "Solved" (small budgets can stall).
-_ATTEMPTS: tuple[dict[str, object], ...] = (
-    {},
-    {"equilibrate_enable": False},
-    {"iterative_refinement_reltol": 1e-15, "iterative_refinement_abstol": 1e-15},
-)
-#: Disparity excess (bits) tolerated when choosing among inaccurate solutions.
-_FEASIBILITY_TOL_BITS = 1e-9
-_LN2 = float(np.log(2.0))
-_SOLVER = "CLARABEL"
-_SOLUTION_STATUS = {"Solved": "optimal", "AlmostSolved": "optimal_inaccurate"}
-_INFEASIBLE_STATUS = {"PrimalInfeasible": "infeasible", "AlmostPrimalInfeasible": "infeasible"}
 FRONTIER_COLUMNS = (
     "eps_global",
     "eps_local",
@@ -81,7 +70,6 @@ FRONTIER_COLUMNS = (
     "status",
 )
 
-Mode = Literal["zero", "cone", "off"]
 FloatArray = NDArray[np.float64]
 
 
@@ -106,6 +94,10 @@ class AGLFOPResult:
         ``|primal - dual|`` objective of the solved cone program, in accuracy units.
     solver : str
         Name of the cvxpy solver used.
+    guard : str
+        ``"none"`` (the solver's answer), ``"eps0"`` (the budget-0 solution, because the
+        answer was below it) or ``"mixture"`` (the answer pulled back inside the budgets
+        by mixing it with the budget-0 solution).
     """
 
     accuracy: float
@@ -118,13 +110,7 @@ class AGLFOPResult:
     status: str
     duality_gap: float
     solver: str
-
-
-@dataclass(frozen=True)
-class _PointSolution:
-    status: str
-    q: FloatArray | None
-    duality_gap: float
+    guard: str = "none"
 
 
 def solve(
@@ -171,7 +157,7 @@ def solve(
     eps_g = _validate_eps(eps_global, "eps_global")
     eps_l = _validate_eps(eps_local, "eps_local")
     roc = None if roc_region is None else validate_roc_region(roc_region, p.shape)
-    model = _AGLFOPModel(p, roc)
+    model = AGLFOPModel(p, roc)
     point = model.solve_point(eps_g, eps_l)
     if point.q is None:
         raise SolverError(
@@ -180,7 +166,7 @@ def solve(
             + (
                 "The ROC region cannot meet these budgets; include (0, 0) and (1, 1) in "
                 "every group's ROC points or raise the budgets."
-                if point.status == "infeasible"
+                if point.status in ("infeasible", "over_budget")
                 else "Try nearby budgets, or report the counts that fail."
             )
         )
@@ -233,7 +219,7 @@ def frontier(
     grid_g = _validate_grid(eps_global_grid, "eps_global_grid")
     grid_l = _validate_grid(eps_local_grid, "eps_local_grid")
     roc = None if roc_region is None else validate_roc_region(roc_region, p.shape)
-    model = _AGLFOPModel(p, roc)
+    model = AGLFOPModel(p, roc)
     rows: list[dict[str, object]] = []
     total = grid_g.size * grid_l.size
     for eps_g in grid_g:
@@ -254,162 +240,8 @@ def frontier(
     return pd.DataFrame(rows, columns=list(FRONTIER_COLUMNS))
 
 
-@dataclass(frozen=True)
-class _Program:
-    """One compiled variant: problem, variable ``x = scale * Q`` and its parameters."""
-
-    problem: cp.Problem
-    x: cp.Variable
-    scale: cp.Parameter
-    budget_global: cp.Parameter  # scale * eps_global * ln 2 (nats of x)
-    budget_local: cp.Parameter
-
-
-class _AGLFOPModel:
-    """The AGLFOP for one ``P(s, z, y)``, one cached cvxpy problem per constraint mode."""
-
-    def __init__(self, p: FloatArray, roc: list[FloatArray] | None) -> None:
-        self.p = p
-        self.roc = roc
-        n_z, n_y = p.shape[1], p.shape[2]
-        self.support = np.flatnonzero(p.ravel() > 0)
-        s_idx, z_idx, y_idx = np.unravel_index(self.support, p.shape)
-        self.cells = (s_idx, z_idx, y_idx)
-        p_z = p.sum(axis=(0, 2))
-        p_sz = p.sum(axis=2)
-        p_z_given_s = p_sz / p_sz.sum(axis=1, keepdims=True)
-        self.cap_global = _entropy_bits(p_z)
-        self.cap_local = sum(_entropy_bits(row) for row in p_sz)
-        m = self.support.size
-        cols = np.arange(m)
-        # Q(z, ŷ) = A_g x and P(z) Q(ŷ) = B_g x, rows restricted to groups present.
-        present_z = np.flatnonzero(p_z > 0)
-        rows_g = np.searchsorted(present_z, z_idx)
-        self.a_global = sps.csr_matrix((np.ones(m), (rows_g, cols)), shape=(present_z.size, m))
-        self.b_global = np.outer(p_z[present_z], np.ones(m))
-        # Q(s, z, ŷ) = A_l x and P(z|s) Q(s, ŷ) = B_l x, rows restricted to P(s, z) > 0.
-        present_sz = np.flatnonzero(p_sz.ravel() > 0)
-        rows_l = np.searchsorted(present_sz, s_idx * n_z + z_idx)
-        self.a_local = sps.csr_matrix((np.ones(m), (rows_l, cols)), shape=(present_sz.size, m))
-        row_s, row_z = np.divmod(present_sz, n_z)
-        b_local = (row_s[:, None] == s_idx[None, :]) * p_z_given_s[row_s, row_z][:, None]
-        self.b_local = sps.csr_matrix(b_local)
-        self.correct = (y_idx[:, None] == np.arange(n_y)[None, :]).astype(float)
-        self._programs: dict[tuple[Mode, Mode], _Program] = {}
-
-    @staticmethod
-    def _mode(eps: float, cap: float) -> Mode:
-        if eps >= cap:
-            return "off"
-        return "zero" if eps == 0.0 else "cone"
-
-    def _program(self, modes: tuple[Mode, Mode]) -> _Program:
-        if modes in self._programs:
-            return self._programs[modes]
-        x = cp.Variable((self.support.size, self.p.shape[2]), nonneg=True)
-        scale = cp.Parameter(nonneg=True, name="scale")
-        budgets = (cp.Parameter(nonneg=True), cp.Parameter(nonneg=True))
-        constraints: list[cp.Constraint] = [
-            cp.sum(x, axis=1) == scale * self.p.ravel()[self.support]
-        ]
-        maps = ((self.a_global, self.b_global), (self.a_local, self.b_local))
-        for mode, (a, b), budget in zip(modes, maps, budgets, strict=True):
-            if mode == "zero":
-                constraints.append(a @ x == b @ x)
-            elif mode == "cone":
-                constraints.append(cp.sum(cp.rel_entr(a @ x, b @ x)) <= budget)
-        if self.roc is not None:
-            constraints += self._roc_constraints(x, scale, self.roc)
-        problem = cp.Problem(cp.Maximize(cp.sum(cp.multiply(self.correct, x))), constraints)
-        if not problem.is_dpp():  # pragma: no cover - guards future edits
-            raise SolverError("internal: the AGLFOP problem is not DPP; re-solves would rebuild.")
-        self._programs[modes] = _Program(problem, x, scale, *budgets)
-        return self._programs[modes]
-
-    def _roc_constraints(
-        self, x: cp.Variable, scale: cp.Parameter, roc: list[FloatArray]
-    ) -> list[cp.Constraint]:
-        """(FPR_z, TPR_z) of ŷ = 1 in the convex hull of group z's ROC points."""
-        _, z_idx, y_idx = self.cells
-        n_z = self.p.shape[1]
-        p_zy = self.p.sum(axis=0).ravel()  # [z, y] flattened
-        offsets = np.r_[0, np.cumsum([pts.shape[0] for pts in roc])]
-        theta = cp.Variable(int(offsets[-1]), nonneg=True)
-        rates = np.zeros((2 * n_z, theta.size))
-        blocks = np.zeros((n_z, theta.size))
-        for z, pts in enumerate(roc):
-            block = slice(offsets[z], offsets[z + 1])
-            rates[2 * z, block] = p_zy[2 * z] * pts[:, 0]  # Q(z, y=0, ŷ=1) = P(z, 0) FPR_z
-            rates[2 * z + 1, block] = p_zy[2 * z + 1] * pts[:, 1]  # Q(z,1,1) = P(z,1) TPR_z
-            blocks[z, block] = 1.0
-        keep = np.flatnonzero(p_zy > 0)
-        select = sps.csr_matrix(
-            (np.ones(z_idx.size), (z_idx * 2 + y_idx, np.arange(z_idx.size))),
-            shape=(2 * n_z, z_idx.size),
-        )[keep]
-        return [select @ x[:, 1] == scale * (rates[keep] @ theta), blocks @ theta == 1.0]
-
-    def solve_point(self, eps_global: float, eps_local: float) -> _PointSolution:
-        """Solve at one budget pair; on a stall retry other settings, keep the best."""
-        modes = (self._mode(eps_global, self.cap_global), self._mode(eps_local, self.cap_local))
-        program = self._program(modes)
-        program.scale.value = _SCALE
-        program.budget_global.value = _SCALE * _LN2 * eps_global if modes[0] == "cone" else 0.0
-        program.budget_local.value = _SCALE * _LN2 * eps_local if modes[1] == "cone" else 0.0
-        best: _PointSolution | None = None
-        best_key = (-np.inf, -np.inf)
-        status = "not solved"
-        for options in _ATTEMPTS:
-            point = self._solve_once(program, options)
-            if point.status == "optimal" or point.q is None:
-                if point.status == "optimal":
-                    return point
-                status = point.status
-                continue
-            global_bits, local_bits = _disparities_bits(point.q)
-            excess = max(global_bits - eps_global, local_bits - eps_local)
-            key = (float(excess <= _FEASIBILITY_TOL_BITS), _accuracy(point.q))
-            if key > best_key:
-                best, best_key = point, key
-        logger.debug("AGLFOP (%g, %g) bits: no attempt fully solved", eps_global, eps_local)
-        return best if best is not None else _PointSolution(status, None, float("nan"))
-
-    def _solve_once(self, program: _Program, options: dict[str, object]) -> _PointSolution:
-        problem = program.problem
-        data, chain, inverse = problem.get_problem_data(
-            _SOLVER, enforce_dpp=True, solver_opts=dict(options)
-        )
-        try:
-            raw = chain.solve_via_data(problem, data, False, False, dict(options))
-        except cp.error.SolverError as exc:
-            logger.debug("AGLFOP solver error: %s", exc)
-            return _PointSolution("solver_error", None, float("nan"))
-        clarabel_status = str(raw.status)
-        if clarabel_status not in _SOLUTION_STATUS:
-            status = _INFEASIBLE_STATUS.get(clarabel_status, f"solver_error:{clarabel_status}")
-            return _PointSolution(status, None, float("nan"))
-        with warnings.catch_warnings():  # the status field reports inaccuracy instead
-            warnings.simplefilter("ignore", UserWarning)
-            problem.unpack_results(raw, chain, inverse)
-        q = self._polish(np.asarray(program.x.value) / _SCALE)
-        gap = abs(raw.obj_val - raw.obj_val_dual) / _SCALE
-        return _PointSolution(_SOLUTION_STATUS[clarabel_status], q, gap)
-
-    def _polish(self, x: FloatArray) -> FloatArray:
-        """Embed the solver's rows into ``Q[s, z, y, ŷ]``, clipped at 0 with exact marginals."""
-        n_y = self.p.shape[2]
-        q = np.zeros((*self.p.shape, n_y))
-        rows = np.clip(x, 0.0, None)
-        sums = rows.sum(axis=1, keepdims=True)
-        target = self.p.ravel()[self.support][:, None]
-        # An all-zero row cannot occur at a solution (Σ_ŷ Q = P > 0); guard the division.
-        rows = np.where(sums > 0, rows / np.where(sums > 0, sums, 1.0), 1.0 / n_y)
-        q.reshape(-1, n_y)[self.support] = rows * target
-        return q
-
-
-def _result(q: FloatArray, point: _PointSolution, compute_pid: bool) -> AGLFOPResult:
-    global_bits, local_bits = _disparities_bits(q)
+def _result(q: FloatArray, point: PointSolution, compute_pid: bool) -> AGLFOPResult:
+    global_bits, local_bits = disparities_bits(q)
     unique = redundant = masked = float("nan")
     if compute_pid:
         from fedsim.fairness.pid import decompose
@@ -417,7 +249,7 @@ def _result(q: FloatArray, point: _PointSolution, compute_pid: bool) -> AGLFOPRe
         pid = decompose(q.sum(axis=2).transpose(1, 2, 0))  # [s, z, ŷ] -> [z, ŷ, s]
         unique, redundant, masked = float(pid.unique), float(pid.redundant), float(pid.masked)
     return AGLFOPResult(
-        accuracy=_accuracy(q),
+        accuracy=accuracy(q),
         q=q,
         global_disparity=global_bits,
         local_disparity=local_bits,
@@ -426,38 +258,9 @@ def _result(q: FloatArray, point: _PointSolution, compute_pid: bool) -> AGLFOPRe
         masked=masked,
         status=point.status,
         duality_gap=float(point.duality_gap),
-        solver=_SOLVER,
+        solver=SOLVER,
+        guard=point.guard,
     )
-
-
-def _accuracy(q: FloatArray) -> float:
-    """``Σ Q(s, z, y, ŷ = y)``."""
-    return float(np.einsum("szkk->", q))
-
-
-def _mi_bits(joint: FloatArray) -> float:
-    """Mass-weighted ``w * I(A; B)`` in bits of a 2-D sub-probability table of mass ``w``."""
-    total = joint.sum()
-    if total <= 0:
-        return 0.0
-    outer = np.outer(joint.sum(axis=1), joint.sum(axis=0))
-    mask = joint > 0
-    return float(np.sum(joint[mask] * np.log2(joint[mask] * total / outer[mask])))
-
-
-def _disparities_bits(q: FloatArray) -> tuple[float, float]:
-    """``(I(Z; Ŷ), I(Z; Ŷ | S))`` in bits of a joint ``Q[s, z, y, ŷ]``."""
-    szh = q.sum(axis=2)
-    global_bits = _mi_bits(szh.sum(axis=0))
-    local_bits = sum(_mi_bits(table) for table in szh)
-    return max(global_bits, 0.0), max(float(local_bits), 0.0)
-
-
-def _entropy_bits(masses: FloatArray) -> float:
-    """``Σ m log2(M / m)``: entropy of ``masses`` weighted by their total ``M``."""
-    total = masses.sum()
-    nz = masses[masses > 0]
-    return float(np.sum(nz * np.log2(total / nz)))
 
 
 def _validate_counts(counts: ArrayLike) -> FloatArray:

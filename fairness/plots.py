@@ -69,6 +69,26 @@ def _figure(width: float, height: float, cols: int = 1) -> tuple[Figure, list[Ax
     return fig, axes
 
 
+def _entropy_scale(ax: Axes, entropy_z: float | None) -> None:
+    """A right-hand axis in percent of ``H(Z)`` on a linear bits axis, labelled with it.
+
+    ``H(Z)`` is the largest disparity any classifier can have (``I(Z;Ŷ) <= H(Z)``), so
+    the percentage says how much of the sensitive attribute a prediction reveals.
+    """
+    if entropy_z is None or not np.isfinite(entropy_z) or entropy_z <= 0:
+        return
+    per_bit = 100.0 / float(entropy_z)
+
+    def to_percent(bits: Any) -> Any:
+        return np.asarray(bits, dtype=float) * per_bit
+
+    def to_bits(percent: Any) -> Any:
+        return np.asarray(percent, dtype=float) / per_bit
+
+    scale = ax.secondary_yaxis("right", functions=(to_percent, to_bits))
+    scale.set_ylabel(f"% of H(Z) = {entropy_z:.3f} bits")
+
+
 def accuracy_svg(table: pd.DataFrame) -> str:
     """Test accuracy per round (and per-group accuracy when accounted)."""
     fig, (ax,) = _figure(7.0, 3.0)
@@ -82,8 +102,11 @@ def accuracy_svg(table: pd.DataFrame) -> str:
     return to_inline_svg(fig, "accuracy")
 
 
-def disparity_svg(table: pd.DataFrame) -> str:
-    """Global/local disparity per round, and the stacked PID terms per round."""
+def disparity_svg(table: pd.DataFrame, *, entropy_z: float | None = None) -> str:
+    """Global/local disparity per round, and the stacked PID terms per round.
+
+    ``entropy_z`` (bits) adds a percent-of-H(Z) scale to every bits axis.
+    """
     has_pid = {"unique", "redundant", "masked"} <= set(table.columns) and bool(
         table[["unique", "redundant", "masked"]].notna().any().any()
     )
@@ -95,6 +118,7 @@ def disparity_svg(table: pd.DataFrame) -> str:
     ax.set(xlabel="round", ylabel="bits", title="Global and local disparity")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8)
+    _entropy_scale(ax, entropy_z)
     if has_pid:
         ax = axes[1]
         bottom = np.zeros(len(rounds))
@@ -106,11 +130,17 @@ def disparity_svg(table: pd.DataFrame) -> str:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(0, 1.3 * max(float(bottom.max()), 1e-6))  # room for the legend
         ax.legend(fontsize=8, ncols=3, loc="upper center")
+        _entropy_scale(ax, entropy_z)
     return to_inline_svg(fig, "disparity")
 
 
-def clients_svg(final: pd.DataFrame, global_disparity: float | None) -> str:
-    """Bar chart of each client's own disparity ``I(Z;Ŷ)`` in the final round."""
+def clients_svg(
+    final: pd.DataFrame, global_disparity: float | None, *, entropy_z: float | None = None
+) -> str:
+    """Bar chart of each client's own disparity ``I(Z;Ŷ)`` in the final round.
+
+    ``entropy_z`` (bits) adds a percent-of-H(Z) scale to the bits axis.
+    """
     width = min(12.0, max(6.0, 0.25 * len(final)))
     fig, (ax,) = _figure(width, 3.0)
     labels = final["client"].astype(str).tolist()
@@ -120,13 +150,23 @@ def clients_svg(final: pd.DataFrame, global_disparity: float | None) -> str:
     ax.set_xticks(range(len(labels)), labels, fontsize=7 if len(labels) > 20 else 9)
     ax.set(xlabel="client (partition id)", ylabel="bits", title="Per-client disparity, final round")
     ax.legend(fontsize=8)
+    _entropy_scale(ax, entropy_z)
     return to_inline_svg(fig, "clients")
 
 
-def frontier_svg(frontier: pd.DataFrame, achieved: Mapping[str, float] | None) -> str:
+def frontier_svg(
+    frontier: pd.DataFrame,
+    achieved: Mapping[str, float] | None,
+    *,
+    entropy_z: float | None = None,
+    prefix: str = "frontier",
+    label: str = "best accuracy (AGLFOP)",
+) -> str:
     """Contours of the AGLFOP optimum over (eps_global, eps_local), with the model marked.
 
-    ``achieved`` holds ``accuracy``, ``global_disparity`` and ``local_disparity``.
+    ``achieved`` holds ``accuracy``, ``global_disparity`` and ``local_disparity``;
+    ``entropy_z`` (bits) is drawn on both budget axes as their scale; ``prefix`` names
+    the figure's element ids (unique per page) and ``label`` the colour bar.
     """
     grid = frontier.pivot_table(index="eps_local", columns="eps_global", values="accuracy")
     g, loc = grid.columns.to_numpy(float), grid.index.to_numpy(float)
@@ -138,14 +178,14 @@ def frontier_svg(frontier: pd.DataFrame, achieved: Mapping[str, float] | None) -
             g, loc, grid.to_numpy(), levels=levels[1:-1], colors="white", linewidths=0.6
         )
         ax.clabel(lines, fmt="%.3f", fontsize=7)
-        fig.colorbar(filled, ax=ax, label="best accuracy (AGLFOP)")
+        fig.colorbar(filled, ax=ax, label=label)
         gg, ll = np.meshgrid(g, loc)
         ax.plot(gg.ravel(), ll.ravel(), ".", color="black", ms=2, alpha=0.5)
-        _symlog_axes(ax, g, loc, achieved)
+        _symlog_axes(ax, g, loc, achieved, entropy_z)
     else:  # one of the grids is {0}: nothing to disclose on that axis
         xs, ys = (g, grid.iloc[0].to_numpy()) if len(g) >= 2 else (loc, grid.iloc[:, 0].to_numpy())
         ax.plot(xs, ys, marker="o")
-        ax.set(ylabel="best accuracy (AGLFOP)")
+        ax.set(ylabel=label)
     if achieved is not None:
         ax.plot(
             achieved["global_disparity"],
@@ -157,10 +197,17 @@ def frontier_svg(frontier: pd.DataFrame, achieved: Mapping[str, float] | None) -
             ls="none",
             label=f"trained model (accuracy {achieved['accuracy']:.4f})",
         )
+    h_z = float(entropy_z) if entropy_z is not None else float("nan")
+    has_scale = bool(np.isfinite(h_z) and h_z > 0)
+    if has_scale and len(g) >= 2 and len(loc) >= 2:
+        ax.axvline(h_z, color="#c44e52", ls=":", lw=1.2, label=f"H(Z) = {h_z:.3f} bits")
+        ax.axhline(h_z, color="#c44e52", ls=":", lw=1.2)
+    if achieved is not None or has_scale:
         ax.legend(loc="upper left", fontsize=8, framealpha=0.9)
-    ax.set(xlabel="global budget ε_g (bits)", ylabel="local budget ε_l (bits)")
+    unit = f"bits; H(Z) = {h_z:.3f}" if has_scale else "bits"
+    ax.set(xlabel=f"global budget ε_g ({unit})", ylabel=f"local budget ε_l ({unit})")
     ax.set_title("Best accuracy with I(Z;Ŷ) ≤ ε_g and I(Z;Ŷ|S) ≤ ε_l")
-    return to_inline_svg(fig, "frontier")
+    return to_inline_svg(fig, prefix)
 
 
 def _levels(values: np.ndarray) -> np.ndarray:
@@ -175,9 +222,10 @@ def _symlog_axes(
     eps_global: Sequence[float],
     eps_local: Sequence[float],
     achieved: Mapping[str, float] | None,
+    entropy_z: float | None = None,
 ) -> None:
     """Symmetric-log axes (0 stays on the axis, small budgets get room) ticked at the
-    grid's budgets and wide enough to show the achieved point."""
+    grid's budgets and wide enough to show the achieved point and ``H(Z)``."""
     axes = (
         (eps_global, "global_disparity", ax.xaxis, ax.set_xscale, ax.set_xlim),
         (eps_local, "local_disparity", ax.yaxis, ax.set_yscale, ax.set_ylim),
@@ -187,6 +235,8 @@ def _symlog_axes(
         top = max(positive)
         if achieved is not None and np.isfinite(achieved[key]):
             top = max(top, 1.15 * achieved[key])
+        if entropy_z is not None and np.isfinite(entropy_z) and entropy_z > 0:
+            top = max(top, 1.05 * entropy_z)
         scale("symlog", linthresh=min(positive), linscale=0.5)
         limits(0, top)
         axis.set_ticks(list(values), [f"{v:.3g}" for v in values])

@@ -16,7 +16,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from fedsim.errors import DataError
 
-__all__ = ["roc_points", "validate_roc_region"]
+__all__ = ["hull_points", "roc_points", "validate_roc_region"]
 
 FloatArray = NDArray[np.float64]
 
@@ -89,6 +89,44 @@ def _roc_curve(scores: FloatArray, labels: FloatArray, group: int) -> FloatArray
     tpr = np.r_[0.0, np.cumsum(hits)[block_ends] / positives]
     fpr = np.r_[0.0, np.cumsum(1.0 - hits)[block_ends] / negatives]
     return np.column_stack([fpr, tpr])
+
+
+def hull_points(points: ArrayLike) -> FloatArray:
+    """Vertices of the convex hull of 2-D ``points`` (Andrew's monotone chain).
+
+    The AGLFOP restricts rates to the convex hull of the ROC points, so only the hull's
+    vertices matter; a score model with thousands of distinct scores has a few dozen,
+    which keeps the cone program small.
+
+    Parameters
+    ----------
+    points : array_like, shape (k, 2)
+        Points ``(fpr, tpr)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        The hull's vertices, counter-clockwise from the lowest-leftmost point (collinear
+        points dropped; one or two points when the hull is degenerate).
+    """
+    pts = np.unique(np.asarray(points, dtype=float).reshape(-1, 2), axis=0)  # sorted by x, y
+    if len(pts) <= 2:
+        return pts
+
+    def chain(ordered: FloatArray) -> list[FloatArray]:
+        out: list[FloatArray] = []
+        for p in ordered:
+            while len(out) >= 2 and _cross(out[-2], out[-1], p) <= 0:
+                out.pop()
+            out.append(p)
+        return out
+
+    lower, upper = chain(pts), chain(pts[::-1])
+    return np.array(lower[:-1] + upper[:-1])
+
+
+def _cross(o: FloatArray, a: FloatArray, b: FloatArray) -> float:
+    return float((a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0]))
 
 
 def validate_roc_region(

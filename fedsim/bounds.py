@@ -326,6 +326,7 @@ def write_report(
         Its files cannot be read.
     """
     from fedsim.fairness.report import TABLE_FILES, ReportInputs, build_report
+    from fedsim.model_bound import with_model_bound
 
     path = Path(run_dir)
     metrics, summary, config_toml = _load_run(path)
@@ -347,6 +348,9 @@ def write_report(
         note,
         config_toml,
     )
+    # The model-specific bound (the trained model's own ROC hulls) comes first in the
+    # report when the saved model can be scored; otherwise the report says why not.
+    inputs = with_model_bound(inputs, path, data_dir=data_dir, progress=progress)
     report = build_report(inputs)
     from fedsim import results
 

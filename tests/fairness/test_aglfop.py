@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from fedsim.fairness import aglfop
 from fedsim.fairness.aglfop import AGLFOPResult, frontier, solve
+from fedsim.fairness.aglfop_program import AGLFOPModel
 from fedsim.fairness.roc import roc_points
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -268,6 +268,55 @@ def test_random_instances_are_feasible_and_beat_a_constant(
     assert p_y.max() - 1e-7 <= result.accuracy <= 1.0 + 1e-9  # a constant is always fair
 
 
+# --- tiny budgets: the guard against inaccurate solves ---------------------------------------
+
+TINY_RNG = np.random.default_rng(7)  # the tables of `python bench/aglfop.py --skip-timing`
+TINY_TABLES = {f"{k}c": _counts(TINY_RNG, k) for k in (2, 3, 5, 10)}
+TINY_BUDGETS = [0.0, 1e-12, 1e-11, 1e-10, 1e-9, 1e-8, 3e-8, 1e-7]
+TINY_TOL_BITS = 1e-12  # = aglfop_feasible.BUDGET_TOL_BITS: float error, not solver tolerance
+TOP = TINY_BUDGETS[-1]
+
+
+@pytest.mark.parametrize("name", list(TINY_TABLES))
+def test_tiny_budgets_are_never_below_budget_zero_nor_over_budget(name: str) -> None:
+    counts = TINY_TABLES[name]
+    floors: dict[tuple[bool, bool], float] = {}
+    for eps in TINY_BUDGETS:
+        for eps_g, eps_l in [(eps, eps), (eps, math.inf), (math.inf, eps), (eps, TOP), (TOP, eps)]:
+            key = (math.isfinite(eps_g), math.isfinite(eps_l))
+            if key not in floors:  # budget 0 wherever a budget is finite: feasible for all
+                zero_g, zero_l = (0.0 if finite else math.inf for finite in key)
+                floors[key] = solve(counts, zero_g, zero_l, compute_pid=False).accuracy
+            result = solve(counts, eps_g, eps_l, compute_pid=False)
+            assert result.accuracy >= floors[key] - 1e-12, (eps_g, eps_l, result.status)
+            global_bits, local_bits = _disparities(result.q)
+            assert global_bits <= eps_g + TINY_TOL_BITS, (eps_g, eps_l, result.guard)
+            assert local_bits <= eps_l + TINY_TOL_BITS, (eps_g, eps_l, result.guard)
+            np.testing.assert_allclose(result.q.sum(axis=3), counts / counts.sum(), atol=1e-12)
+            assert result.accuracy == pytest.approx(float(np.einsum("szkk->", result.q)))
+
+
+def test_guard_mixes_back_inside_the_budget_and_keeps_the_better_point() -> None:
+    from fedsim.fairness.aglfop_feasible import accuracy, disparities_bits, guard
+
+    p = TWO_CLIENTS / TWO_CLIENTS.sum()
+    zero = solve(TWO_CLIENTS, 0.0, 0.0, compute_pid=False).q
+    free = solve(TWO_CLIENTS, 10.0, 10.0, compute_pid=False).q  # accuracy 1, disparity > 0
+    budget = 0.1 * disparities_bits(free)[0]
+    mixed = guard(free, zero, budget, math.inf)
+    assert mixed.guard == "mixture" and 0.0 < mixed.weight < 1.0
+    assert disparities_bits(mixed.q)[0] <= budget
+    assert disparities_bits(mixed.q)[0] == pytest.approx(budget, rel=1e-6)  # largest weight
+    assert accuracy(mixed.q) == pytest.approx(
+        (1 - mixed.weight) * accuracy(zero) + mixed.weight * accuracy(free)
+    )
+    np.testing.assert_allclose(mixed.q.sum(axis=3), p, atol=1e-15)
+    constant = np.zeros_like(free)  # always predict 0: fair, but below the budget-0 optimum
+    constant[..., 0] = p
+    assert guard(constant, zero, budget, budget).guard == "eps0"
+    assert guard(free, zero, 10.0, 10.0).guard == "none"
+
+
 # --- frontier ------------------------------------------------------------------------------
 
 
@@ -307,12 +356,13 @@ def test_pid_terms_add_up_to_the_disparities() -> None:
 
 
 def test_programs_are_dpp_and_reused_across_budgets() -> None:
-    model = aglfop._AGLFOPModel(TWO_CLIENTS / TWO_CLIENTS.sum(), None)
+    model = AGLFOPModel(TWO_CLIENTS / TWO_CLIENTS.sum(), None)
     for eps in (0.001, 0.01, 0.02):
         model.solve_point(eps, eps)
-    assert len(model._programs) == 1
-    (program,) = model._programs.values()
-    assert program.problem.is_dpp()
+    # One cone program, plus the budget-0 program the guard compares against (solved once).
+    assert set(model._programs) == {("cone", "cone"), ("zero", "zero")}
+    assert set(model._zero_solutions) == {("zero", "zero")}
+    assert all(program.problem.is_dpp() for program in model._programs.values())
 
 
 # --- bad inputs ----------------------------------------------------------------------------
@@ -397,6 +447,38 @@ def _distance_to_hull(point: np.ndarray, vertices: np.ndarray) -> float:
     res = linprog(cost, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=[1.0], bounds=(0, None))
     assert res.status == 0, res.message
     return float(res.fun)
+
+
+def _scored_rows(seed: int) -> tuple[np.ndarray, ...]:
+    """Rows (client, group, label, score) of a score model that is better on group 1."""
+    rng = np.random.default_rng(seed)
+    n = 600
+    clients, groups = rng.integers(0, 3, size=n), rng.integers(0, 2, size=n)
+    labels = (rng.random(n) < 0.3 + 0.4 * groups).astype(int)  # Z and Y correlated
+    scores = (2 * labels - 1) * (0.5 + groups) + rng.normal(size=n) + 0.3 * clients
+    return clients, groups, labels, scores
+
+
+@pytest.mark.parametrize(("seed", "threshold"), [(0, 0.0), (1, 0.5), (2, -0.4)])
+def test_model_specific_optimum_lies_between_the_model_and_the_agnostic_optimum(
+    seed: int, threshold: float
+) -> None:
+    from fedsim.fairness.aglfop_feasible import accuracy, disparities_bits
+    from fedsim.fairness.roc import hull_points
+
+    clients, groups, labels, scores = _scored_rows(seed)
+    counts = np.zeros((3, 2, 2))
+    np.add.at(counts, (clients, groups, labels), 1.0)
+    q_model = np.zeros((3, 2, 2, 2))  # the trained model: predict 1 when score > threshold
+    np.add.at(q_model, (clients, groups, labels, (scores > threshold).astype(int)), 1.0)
+    q_model /= q_model.sum()
+    eps_g, eps_l = disparities_bits(q_model)
+    roc = [hull_points(curve) for curve in roc_points(scores, labels, groups)]
+    specific = solve(counts, eps_g, eps_l, roc_region=roc, compute_pid=False)
+    agnostic = solve(counts, eps_g, eps_l, compute_pid=False)
+    assert accuracy(q_model) - 1e-7 <= specific.accuracy <= agnostic.accuracy + 1e-7
+    assert specific.accuracy < agnostic.accuracy - 1e-3  # the ROC hull does restrict
+    _assert_feasible(specific, counts, eps_g, eps_l)
 
 
 def test_infeasible_roc_region_raises_and_frontier_records_it() -> None:

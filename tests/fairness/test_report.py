@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -167,7 +168,7 @@ def test_report_computes_a_missing_frontier_from_the_checkpoint(
     shutil.copytree(fair_report, copy)
     stored = pd.read_csv(copy / bounds.FRONTIER_CSV)
     for name in (bounds.FRONTIER_CSV, bounds.FRONTIER_JSON, *TABLE_FILES.values()):
-        (copy / name).unlink()
+        (copy / name).unlink(missing_ok=True)  # report_model_frontier.csv: not written here
     # Doubling the checkpoint's counts leaves every distribution (so the frontier) as it
     # was, but shows in the stored record: proof that the counts came from the checkpoint.
     last = f"fairness/counts/{FAIR['rounds']}"
@@ -202,6 +203,88 @@ def _edit_checkpoint_tensor(
     tensors[key] = edit(tensors[key])
     save_file(tensors, str(path), metadata=metadata)
     return tensors[key]
+
+
+# ------------------------------------------------- model-specific bound (two frontiers)
+
+
+@pytest.fixture(scope="module")
+def model_page(fair_report: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """The fair run's report with the model-specific bound, as write_report will wire it."""
+    import json
+
+    from fedsim import model_bound, results
+
+    record = json.loads((fair_report / bounds.FRONTIER_JSON).read_text())
+    inputs = ReportInputs(
+        results.read_metrics(fair_report),
+        results.read_summary(fair_report),
+        pd.read_csv(fair_report / bounds.FRONTIER_CSV),
+        record["bound_at_achieved"],
+        record["counts_source"],
+        config_toml=(fair_report / results.CONFIG).read_text(),
+    )
+    report = build_report(model_bound.with_model_bound(inputs, fair_report))
+    page = tmp_path_factory.mktemp("model") / "report.html"
+    page.write_text(report.html)
+    return page, report
+
+
+def test_report_shows_the_model_specific_frontier_first(model_page: tuple[Path, Any]) -> None:
+    path, report = model_page
+    page = path.read_text()
+    assert page.index('<section id="model">') < page.index('<section id="frontier">')
+    model_part = page[page.index('<section id="model">') : page.index('<section id="frontier">')]
+    assert 'aria-label="model-frontier"' in model_part and "<path" in model_part
+    assert 'aria-label="frontier"' in page[page.index('<section id="frontier">') :]
+    assert page.count("<svg ") >= 5  # accuracy, disparity, clients and both frontiers
+    _assert_self_contained(page)
+    achieved = report.tables["achieved"].iloc[0]
+    assert f"at most {achieved['model_bound_accuracy']:.4f} under these same budgets" in page
+    table = report.tables["model_frontier"]
+    assert list(table.columns) == list(report.tables["frontier"].columns)
+    assert table[["eps_global", "eps_local"]].equals(
+        report.tables["frontier"][["eps_global", "eps_local"]]
+    )
+
+
+def test_model_specific_bound_is_between_the_model_and_the_agnostic_bound(
+    model_page: tuple[Path, Any],
+) -> None:
+    _, report = model_page
+    row = report.tables["achieved"].iloc[0]
+    # Rescoring the saved model on the rebuilt test split reproduces the run's metrics.
+    assert row["accuracy"] == pytest.approx(report.achieved.accuracy, abs=1e-6)
+    assert row["accuracy"] - 1e-6 <= row["model_bound_accuracy"] <= row["bound_accuracy"] + 1e-6
+    assert row["model_gap"] == pytest.approx(row["model_bound_accuracy"] - row["accuracy"])
+    specific, agnostic = report.tables["model_frontier"], report.tables["frontier"]
+    assert np.all(specific.accuracy.fillna(0.0) <= agnostic.accuracy + 1e-6)  # pointwise
+
+
+def test_every_bits_axis_carries_h_z(model_page: tuple[Path, Any], fair_report: Path) -> None:
+    import json
+
+    path, _ = model_page
+    h_z = json.loads((fair_report / bounds.FRONTIER_JSON).read_text())["information_bits"]["H(Z)"]
+    page = path.read_text()
+    assert f"H(Z) = {h_z:.4f} bits" in page  # the notes of both frontier sections
+    for prefix in ("disparity", "clients", "model-frontier", "frontier"):  # each bits figure
+        start = page.index(f'aria-label="{prefix}"')
+        svg = page[start : page.index("</svg>", start)]
+        # matplotlib keeps each text drawn as paths in a comment beside it.
+        assert f"H(Z) = {h_z:.3f}" in svg, prefix
+    accuracy_start = page.index('aria-label="accuracy"')
+    assert "H(Z)" not in page[accuracy_start : page.index("</svg>", accuracy_start)]
+
+
+def test_model_specific_report_renders_in_a_headless_browser(
+    model_page: tuple[Path, Any], tmp_path: Path
+) -> None:
+    path, _ = model_page
+    image = _screenshot(path, tmp_path)
+    assert 0.005 < (image.mean(axis=2) < 0.5).mean() < 0.5
+    bottom = image[2400:]  # the two frontier figures sit in the lower part of the page
+    assert bottom.std() > 0.01
 
 
 # ----------------------------------------------------------------- pure functions
@@ -283,7 +366,8 @@ def _chromium() -> str:
     )
 
 
-def test_report_renders_in_a_headless_browser(fair_report: Path, tmp_path: Path) -> None:
+def _screenshot(page: Path, tmp_path: Path, height: int = 3000) -> Any:
+    """A headless-browser screenshot of ``page`` as an RGB float image."""
     import matplotlib.image
 
     browser = _chromium()
@@ -296,14 +380,19 @@ def test_report_renders_in_a_headless_browser(fair_report: Path, tmp_path: Path)
         "--hide-scrollbars",
         f"--user-data-dir={tmp_path / 'profile'}",
         f"--screenshot={png}",
-        "--window-size=1200,3000",
-        (fair_report / "report.html").resolve().as_uri(),
+        f"--window-size=1200,{height}",
+        page.resolve().as_uri(),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
     assert png.is_file(), f"{browser} wrote no screenshot (rc {proc.returncode}): {proc.stderr}"
     assert png.stat().st_size > 20_000  # a blank 1200x3000 page compresses to a few kB
     image = matplotlib.image.imread(png)[..., :3]
-    assert image.shape[:2] == (3000, 1200)
+    assert image.shape[:2] == (height, 1200)
+    return image
+
+
+def test_report_renders_in_a_headless_browser(fair_report: Path, tmp_path: Path) -> None:
+    image = _screenshot(fair_report / "report.html", tmp_path)
     dark = (image.mean(axis=2) < 0.5).mean()  # text, axes, bars
     assert 0.005 < dark < 0.5, dark
     colours = np.unique((image * 255).astype(np.uint8).reshape(-1, 3), axis=0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fedsim.fairness.roc import roc_points, validate_roc_region
+from fedsim.fairness.roc import hull_points, roc_points, validate_roc_region
 
 from fedsim.errors import DataError
 
@@ -58,3 +58,20 @@ def test_region_errors() -> None:
         validate_roc_region([(0.0, 0.0), (1.2, 1.0)], (2, 2, 2))
     with pytest.raises(DataError, match=r"shape \(k, 2\)"):
         validate_roc_region([[0.0, 0.0, 0.0]], (2, 2, 2))
+
+
+def test_hull_points_keep_the_region_and_drop_interior_points() -> None:
+    from scipy.optimize import linprog
+
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 2, size=500)
+    curve = roc_points(labels + rng.normal(size=500), labels)[0]
+    hull = hull_points(curve)
+    assert 3 <= len(hull) < len(curve) / 4  # few vertices, all from the curve
+    assert all(np.any(np.all(curve == v, axis=1)) for v in hull)
+    for point in curve:  # every ROC point is a convex combination of the vertices
+        a_eq = np.vstack([hull.T, np.ones(len(hull))])
+        res = linprog(np.zeros(len(hull)), A_eq=a_eq, b_eq=np.r_[point, 1.0], bounds=(0, None))
+        assert res.status == 0, point
+    np.testing.assert_array_equal(hull_points(CHANCE), CHANCE)  # degenerate: two points
+    np.testing.assert_array_equal(hull_points([*CHANCE, (0.5, 0.5)]), CHANCE)  # collinear dropped
