@@ -90,9 +90,7 @@ class FairnessPenaltyConfig:
     :mod:`fedsim.clients.fairness_penalty`): ``weight × penalty`` on soft predictions
     ``softmax(logits / temperature)``."""
 
-    penalty: Literal["none", "demographic-parity", "equalized-odds", "mutual-information"] = (
-        "none"
-    )
+    penalty: Literal["none", "demographic-parity", "equalized-odds", "mutual-information"] = "none"
     weight: float = field(default=1.0, metadata=_range(0.0, 1e6))
     temperature: float = field(default=1.0, metadata=_range(0.0, 1e3, lo_open=True))
 
