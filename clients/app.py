@@ -51,6 +51,9 @@ def handle_train(msg: Message, context: Context) -> Message:
     incoming = rt.incoming_state(msg.content.array_records[keys.ARRAYS])
     rt.model.load_state_dict(incoming)
     x, y, _, _ = rt.client_tensors(pid)
+    z = None
+    if sc.client.fairness.penalty != "none":
+        z = torch.as_tensor(rt.data.clients[pid].z_train).to(rt.device)
     result = train(
         rt.model,
         x,
@@ -59,6 +62,7 @@ def handle_train(msg: Message, context: Context) -> Message:
         generator=client_generator(sc.seed, Stream.TRAIN, server_round, pid),
         proximal_mu=float(config.get(keys.PROXIMAL_MU, 0.0)),  # type: ignore[arg-type]
         input_range=(0.0, 1.0) if rt.data.raw.kind == "image" else None,
+        z=z,
     )
     state = {k: v.detach().cpu() for k, v in rt.model.state_dict().items()}
     state = corrupt_state(state, incoming, plan, sc.faults)

@@ -9,12 +9,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fedsim.clients.fairness_penalty import make_penalty
 from fedsim.clients.losses import proximal_term
 from fedsim.clients.objective import LossSpec, objective
 from fedsim.clients.optim import SGD, Adam
 from torch import nn
 
 from fedsim.config import ClientConfig, LossConfig
+from fedsim.errors import DataError
 
 Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -67,11 +69,14 @@ def train(
     generator: torch.Generator,
     proximal_mu: float = 0.0,
     input_range: tuple[float, float] | None = None,
+    z: torch.Tensor | None = None,
 ) -> TrainResult:
     """Run ``cfg.epochs`` epochs of mini-batch training in place.
 
     With ``proximal_mu > 0`` the FedProx term µ/2‖w − w_global‖² is added, ``w_global``
-    being the weights the model holds on entry.
+    being the weights the model holds on entry. With a ``[client.fairness]`` penalty,
+    ``z`` (the sensitive value of every training row) is required and
+    ``weight × penalty(model(x), y, z)`` is added to the objective of every batch.
     """
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -82,6 +87,9 @@ def train(
     else:
         opt = Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     objective = make_objective(cfg.loss, generator, input_range)
+    penalty = make_penalty(cfg.fairness)
+    if penalty is not None and z is None:
+        raise DataError("client.fairness.penalty needs the sensitive value z of every row")
     n = len(y)
     total, seen = 0.0, 0
     for _ in range(cfg.epochs):
@@ -89,6 +97,8 @@ def train(
         for start in range(0, n, cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
             loss = objective(model, x[idx], y[idx])
+            if penalty is not None and z is not None:  # its own forward: any objective composes
+                loss = loss + penalty(model(x[idx]), y[idx], z[idx])
             if anchor is not None:
                 loss = loss + proximal_term(params, anchor, proximal_mu)
             opt.zero_grad()

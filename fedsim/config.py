@@ -85,6 +85,17 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class FairnessPenaltyConfig:
+    """A local fairness penalty added to the client objective (see
+    :mod:`fedsim.clients.fairness_penalty`): ``weight × penalty`` on soft predictions
+    ``softmax(logits / temperature)``."""
+
+    penalty: Literal["none", "demographic-parity", "equalized-odds", "mutual-information"] = "none"
+    weight: float = field(default=1.0, metadata=_range(0.0, 1e6))
+    temperature: float = field(default=1.0, metadata=_range(0.0, 1e3, lo_open=True))
+
+
+@dataclass(frozen=True)
 class ClientConfig:
     """Local training on each client."""
 
@@ -96,6 +107,7 @@ class ClientConfig:
     weight_decay: float = field(default=0.0, metadata=_range(0.0, 10.0))
     robust_eval: bool = False  # report PGD robust accuracy even without an adversarial loss
     loss: LossConfig = LossConfig()
+    fairness: FairnessPenaltyConfig = FairnessPenaltyConfig()
 
 
 @dataclass(frozen=True)

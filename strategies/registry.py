@@ -34,6 +34,7 @@ REGISTRY: dict[str, str] = {
     "bulyan": "flwr.serverapp.strategy:Bulyan",
     "qfedavg": "flwr.serverapp.strategy:QFedAvg",
     "fedld": "fedsim.strategies.fedld:FedLD",
+    "fairfed": "fedsim.strategies.fairfed:FairFed",
 }
 
 # Set by fedsim from the scenario, not by [strategy.options].
