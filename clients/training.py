@@ -80,11 +80,13 @@ def train(
     generator: torch.Generator,
     proximal_mu: float = 0.0,
     input_range: tuple[float, float] | None = None,
+    objective: Objective | None = None,
 ) -> TrainResult:
     """Run ``cfg.epochs`` epochs of mini-batch training in place.
 
     With ``proximal_mu > 0`` the FedProx term µ/2‖w − w_global‖² is added, ``w_global``
-    being the weights the model holds on entry.
+    being the weights the model holds on entry. ``objective`` replaces the one
+    ``cfg.loss`` selects (a plug-in loss).
     """
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -94,7 +96,8 @@ def train(
         opt = SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     else:
         opt = Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    objective = make_objective(cfg.loss, generator, input_range)
+    if objective is None:
+        objective = make_objective(cfg.loss, generator, input_range)
     n = len(y)
     total, seen = 0.0, 0
     for _ in range(cfg.epochs):
