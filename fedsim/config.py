@@ -154,6 +154,9 @@ class Scenario:
     # Intra-op threads of each training process (0: PyTorch's default). One thread is
     # fastest for small per-client batches and avoids oversubscribing shared cores.
     threads: int = field(default=1, metadata=_range(0, 1024))
+    # Train each round's clients as one batched computation (torch.func.vmap); local
+    # engine only. See fedsim.clients.vectorized.
+    vectorize: bool = False
     data: DataConfig = DataConfig()
     partition: PartitionConfig = PartitionConfig()
     model: ModelConfig = ModelConfig()
@@ -162,6 +165,13 @@ class Scenario:
     fairness: FairnessConfig = FairnessConfig()
     faults: FaultsConfig = FaultsConfig()
     ray: RayConfig = RayConfig()
+
+    def __post_init__(self) -> None:
+        if self.vectorize and self.engine != "local":
+            raise ConfigError(
+                f"vectorize: cohorts are vectorised by the local engine only, got engine "
+                f'{self.engine!r}; set engine = "local" or vectorize = false'
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Return the scenario as plain TOML-serialisable tables."""

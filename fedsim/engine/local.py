@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, Message
 
 from fedsim.clients.app import client_app, get_runtime
 from fedsim.config import Scenario
 from fedsim.engine.core import Execution, RoundHook, RunRecorder, execute
-from fedsim.engine.grid import InProcessGrid, local_handler, make_contexts, task_identity
+from fedsim.engine.grid import (
+    Handler,
+    InProcessGrid,
+    error_reply,
+    local_handler,
+    make_contexts,
+    task_identity,
+)
 
 
 def run_local(
@@ -28,7 +35,10 @@ def run_local(
     """
     runtime = get_runtime(run_config)
     contexts = make_contexts(run_id, runtime.data.num_clients, run_config)
-    grid = InProcessGrid(contexts, local_handler(client_app, contexts), run_id=run_id)
+    handler = local_handler(client_app, contexts)
+    if scenario.vectorize:
+        handler = cohort_handler(handler, contexts)
+    grid = InProcessGrid(contexts, handler, run_id=run_id)
     with task_identity(run_id):
         return execute(
             scenario,
@@ -40,3 +50,22 @@ def run_local(
             recorder=recorder,
             stack=stack,
         )
+
+
+def cohort_handler(handler: Handler, contexts: dict) -> Handler:
+    """Train messages as one vectorised cohort; everything else through ``handler``."""
+    from flwr.app import MessageType
+
+    from fedsim.clients.cohort import handle_train_cohort
+
+    def handle(batch: list[Message]) -> list[Message]:
+        if not batch or any(m.metadata.message_type != MessageType.TRAIN for m in batch):
+            return handler(batch)
+        pairs = [(m, contexts[m.metadata.dst_node_id]) for m in batch]
+        replies = handle_train_cohort(pairs)
+        return [
+            r if isinstance(r, Message) else error_reply(m, r)
+            for m, r in zip(batch, replies, strict=True)
+        ]
+
+    return handle
