@@ -45,9 +45,10 @@ def handle_train_cohort(batch: Sequence[tuple[Message, Context]]) -> list[Messag
         tasks = [task for _, task in members]
         rt = tasks[0].runtime
         rt.model.load_state_dict(tasks[0].incoming)
+        splits = [rt.client_tensors(task.pid) for task in tasks]
         result = train_cohort(
             rt.model,
-            [rt.client_tensors(task.pid)[:2] for task in tasks],
+            [(split[0], split[1]) for split in splits],
             rt.scenario.client,
             [task.generator for task in tasks],
             proximal_mu=tasks[0].proximal_mu,
