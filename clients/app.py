@@ -11,11 +11,12 @@ one model instance (:mod:`fedsim.runtime` holds that cache).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 from fedsim.clients import keys
-from fedsim.clients.faults import InjectedCrash, corrupt_state, plan_faults
-from fedsim.clients.training import client_generator, evaluate, train
+from fedsim.clients.faults import FaultPlan, InjectedCrash, corrupt_state, plan_faults
+from fedsim.clients.training import TrainResult, client_generator, evaluate, train
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -38,6 +39,66 @@ def runtime_config(context: Context) -> dict:
 @client_app.train()
 def handle_train(msg: Message, context: Context) -> Message:
     """Train the received global model on this client's training split."""
+    task = prepare_train(msg, context)
+    rt = task.runtime
+    rt.model.load_state_dict(task.incoming)
+    x, y, _, _ = rt.client_tensors(task.pid)
+    result = train(
+        rt.model,
+        x,
+        y,
+        rt.scenario.client,
+        generator=task.generator,
+        proximal_mu=task.proximal_mu,
+        input_range=task.input_range,
+        z=task.sensitive,
+    )
+    state = {k: v.detach().cpu() for k, v in rt.model.state_dict().items()}
+    return train_reply(task, state, result)
+
+
+@dataclass(frozen=True)
+class TrainTask:
+    """What one train message asks of one client (see :func:`prepare_train`)."""
+
+    msg: Message
+    context: Context
+    runtime: ClientRuntime
+    pid: int
+    server_round: int
+    plan: FaultPlan
+
+    @property
+    def incoming(self) -> dict[str, torch.Tensor]:
+        return self.runtime.incoming_state(self.msg.content.array_records[keys.ARRAYS])
+
+    @property
+    def generator(self) -> torch.Generator:
+        """A fresh generator of this client's local training in this round."""
+        return client_generator(
+            self.runtime.scenario.seed, Stream.TRAIN, self.server_round, self.pid
+        )
+
+    @property
+    def proximal_mu(self) -> float:
+        config = self.msg.content.config_records[keys.CONFIG]
+        return float(config.get(keys.PROXIMAL_MU, 0.0))  # type: ignore[arg-type]
+
+    @property
+    def sensitive(self) -> torch.Tensor | None:
+        """The sensitive value of every training row, when a fairness penalty needs it."""
+        if self.runtime.scenario.client.fairness.penalty == "none":
+            return None
+        z = self.runtime.data.clients[self.pid].z_train
+        return torch.as_tensor(z).to(self.runtime.device)
+
+    @property
+    def input_range(self) -> tuple[float, float] | None:
+        return (0.0, 1.0) if self.runtime.data.raw.kind == "image" else None
+
+
+def prepare_train(msg: Message, context: Context) -> TrainTask:
+    """Read a train message and play its injected faults (a crash raises, a delay sleeps)."""
     rt = get_runtime(runtime_config(context))
     sc = rt.scenario
     pid = int(context.node_config[keys.PARTITION_ID])  # type: ignore[arg-type]
@@ -48,25 +109,13 @@ def handle_train(msg: Message, context: Context) -> Message:
         raise InjectedCrash(f"client {pid} crashed in round {server_round} (injected fault)")
     if plan.delay:
         time.sleep(plan.delay)
-    incoming = rt.incoming_state(msg.content.array_records[keys.ARRAYS])
-    rt.model.load_state_dict(incoming)
-    x, y, _, _ = rt.client_tensors(pid)
-    z = None
-    if sc.client.fairness.penalty != "none":
-        z = torch.as_tensor(rt.data.clients[pid].z_train).to(rt.device)
-    result = train(
-        rt.model,
-        x,
-        y,
-        sc.client,
-        generator=client_generator(sc.seed, Stream.TRAIN, server_round, pid),
-        proximal_mu=float(config.get(keys.PROXIMAL_MU, 0.0)),  # type: ignore[arg-type]
-        input_range=(0.0, 1.0) if rt.data.raw.kind == "image" else None,
-        z=z,
-    )
-    state = {k: v.detach().cpu() for k, v in rt.model.state_dict().items()}
-    state = corrupt_state(state, incoming, plan, sc.faults)
-    context.state[keys.METRICS] = MetricRecord({"last-round": server_round})
+    return TrainTask(msg, context, rt, pid, server_round, plan)
+
+
+def train_reply(task: TrainTask, state: dict[str, torch.Tensor], result: TrainResult) -> Message:
+    """The reply to a train message: trained weights (faults applied) and metrics."""
+    state = corrupt_state(state, task.incoming, task.plan, task.runtime.scenario.faults)
+    task.context.state[keys.METRICS] = MetricRecord({"last-round": task.server_round})
     reply = RecordDict(
         {
             keys.ARRAYS: ArrayRecord(state),
@@ -74,12 +123,12 @@ def handle_train(msg: Message, context: Context) -> Message:
                 {
                     keys.NUM_EXAMPLES: result.num_examples,
                     keys.TRAIN_LOSS: result.mean_loss,
-                    keys.PARTITION_ID: pid,
+                    keys.PARTITION_ID: task.pid,
                 }
             ),
         }
     )
-    return Message(reply, reply_to=msg)
+    return Message(reply, reply_to=task.msg)
 
 
 @client_app.evaluate()

@@ -70,6 +70,7 @@ def train(
     proximal_mu: float = 0.0,
     input_range: tuple[float, float] | None = None,
     z: torch.Tensor | None = None,
+    objective: Objective | None = None,
 ) -> TrainResult:
     """Run ``cfg.epochs`` epochs of mini-batch training in place.
 
@@ -77,6 +78,7 @@ def train(
     being the weights the model holds on entry. With a ``[client.fairness]`` penalty,
     ``z`` (the sensitive value of every training row) is required and
     ``weight × penalty(model(x), y, z)`` is added to the objective of every batch.
+    ``objective`` replaces the one ``cfg.loss`` selects.
     """
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -86,7 +88,8 @@ def train(
         opt = SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     else:
         opt = Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    objective = make_objective(cfg.loss, generator, input_range)
+    if objective is None:
+        objective = make_objective(cfg.loss, generator, input_range)
     penalty = make_penalty(cfg.fairness)
     if penalty is not None and z is None:
         raise DataError("client.fairness.penalty needs the sensitive value z of every row")

@@ -61,6 +61,9 @@ def run(
         Path | None, typer.Option("--resume", help="Continue the run checkpointed in this folder.")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    vectorize: Annotated[
+        bool, typer.Option("--vectorize", help="Train each round's clients as one vmap.")
+    ] = False,
 ) -> None:
     """Run a scenario and write its results folder."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -70,6 +73,8 @@ def run(
     overrides = _overrides(set_)
     if ray_address:
         overrides["ray.address"] = ray_address
+    if vectorize:
+        overrides["vectorize"] = True
     if engine is not None and engine not in ("local", "ray", "flower"):
         raise ConfigError(f"--engine: expected local, ray or flower, got {engine!r}")
     if out is None and resume is None:

@@ -169,6 +169,9 @@ class Scenario:
     # Seconds the server waits for the replies of one phase (train or evaluate) of a
     # round; a node that has not replied by then counts as a failed reply (Flower: 3600).
     round_timeout: float = field(default=3600.0, metadata=_range(0.0, 7 * 86400, lo_open=True))
+    # Train each round's clients as one batched computation (torch.func.vmap); local
+    # engine only. See fedsim.clients.vectorized.
+    vectorize: bool = False
     data: DataConfig = DataConfig()
     partition: PartitionConfig = PartitionConfig()
     model: ModelConfig = ModelConfig()
@@ -177,6 +180,13 @@ class Scenario:
     fairness: FairnessConfig = FairnessConfig()
     faults: FaultsConfig = FaultsConfig()
     ray: RayConfig = RayConfig()
+
+    def __post_init__(self) -> None:
+        if self.vectorize and self.engine != "local":
+            raise ConfigError(
+                f"vectorize: cohorts are vectorised by the local engine only, got engine "
+                f'{self.engine!r}; set engine = "local" or vectorize = false'
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Return the scenario as plain TOML-serialisable tables."""

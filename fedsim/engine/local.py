@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, Message
 
 from fedsim.clients.app import client_app
 from fedsim.config import Scenario
 from fedsim.engine.core import Execution, RoundHook, RunRecorder, execute
-from fedsim.engine.grid import InProcessGrid, local_handler, make_contexts, task_identity
+from fedsim.engine.grid import (
+    Handler,
+    InProcessGrid,
+    error_reply,
+    local_handler,
+    make_contexts,
+    task_identity,
+)
 from fedsim.runtime import get_runtime
+
+log = logging.getLogger(__name__)
 
 
 def run_local(
@@ -31,7 +41,16 @@ def run_local(
     """
     runtime = get_runtime(run_config)
     contexts = make_contexts(run_id, runtime.data.num_clients, run_config)
-    grid = InProcessGrid(contexts, local_handler(client_app, contexts), run_id=run_id)
+    handler = local_handler(client_app, contexts)
+    if scenario.vectorize:
+        from fedsim.clients.vectorized import unsupported_settings
+
+        reason = unsupported_settings(scenario.client)
+        if reason is None:
+            handler = cohort_handler(handler, contexts)
+        else:
+            log.warning("vectorize: training each client on its own: %s", reason)
+    grid = InProcessGrid(contexts, handler, run_id=run_id)
     with task_identity(run_id):
         return execute(
             scenario,
@@ -43,3 +62,22 @@ def run_local(
             recorder=recorder,
             stack=stack,
         )
+
+
+def cohort_handler(handler: Handler, contexts: dict) -> Handler:
+    """Train messages as one vectorised cohort; everything else through ``handler``."""
+    from flwr.app import MessageType
+
+    from fedsim.clients.cohort import handle_train_cohort
+
+    def handle(batch: list[Message]) -> list[Message]:
+        if not batch or any(m.metadata.message_type != MessageType.TRAIN for m in batch):
+            return handler(batch)
+        pairs = [(m, contexts[m.metadata.dst_node_id]) for m in batch]
+        replies = handle_train_cohort(pairs)
+        return [
+            r if isinstance(r, Message) else error_reply(m, r)
+            for m, r in zip(batch, replies, strict=True)
+        ]
+
+    return handle
