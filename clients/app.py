@@ -20,7 +20,14 @@ import torch
 from fedsim.clients import keys
 from fedsim.clients.faults import InjectedCrash, corrupt_state, plan_faults
 from fedsim.clients.models import build_model
-from fedsim.clients.training import client_generator, evaluate, train
+from fedsim.clients.training import (
+    check_loss,
+    check_optimizer,
+    client_generator,
+    evaluate,
+    learning_rate,
+    train,
+)
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -109,7 +116,10 @@ def get_runtime(run_config: dict) -> ClientRuntime:
                 data.raw.num_classes,
                 scenario.model.hidden,
                 scenario.seed,
+                options=scenario.model.options,
             ).to(device)
+            check_loss(scenario.client.loss, data.raw.num_classes)
+            check_optimizer(scenario.client)
             _runtimes[key] = ClientRuntime(scenario, data, model, device)
             while len(_runtimes) > _MAX_RUNTIMES:
                 del _runtimes[next(iter(_runtimes))]  # the oldest (insertion order)
@@ -150,6 +160,7 @@ def handle_train(msg: Message, context: Context) -> Message:
         generator=client_generator(sc.seed, 5, server_round, pid),
         proximal_mu=float(config.get(keys.PROXIMAL_MU, 0.0)),  # type: ignore[arg-type]
         input_range=(0.0, 1.0) if rt.data.raw.kind == "image" else None,
+        lr=learning_rate(sc.client, server_round, sc.rounds),
     )
     state = {k: v.detach().cpu() for k, v in rt.model.state_dict().items()}
     state = corrupt_state(state, incoming, plan, sc.faults)

@@ -7,9 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsim.config import DataConfig, PartitionConfig
+from fedsim.config import TABULAR_FILES, DataConfig, PartitionConfig
+from fedsim.data.custom import load_plugin_dataset, load_table_file
 from fedsim.data.datasets import RawDataset, load_dataset
 from fedsim.data.partition import partition, train_test_split
+from fedsim.errors import ConfigError
+from fedsim.plugins import is_reference
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,16 +55,7 @@ def build_federated(
     all clients' training rows (never test rows). Label noise flips the given fraction
     of each client's training labels to a different class, chosen uniformly.
     """
-    raw = load_dataset(
-        data.dataset,
-        data.sensitive,
-        root,
-        num_samples=data.num_samples,
-        num_features=data.num_features,
-        z_label_agreement=data.z_label_agreement,
-        class_separation=data.class_separation,
-        seed=seed,
-    )
+    raw = load_configured(data, seed, root)
     rng = np.random.default_rng([seed, 1])
     rows = np.arange(len(raw.y))
     if data.max_samples and data.max_samples < len(rows):
@@ -75,6 +69,9 @@ def build_federated(
         alpha=part.alpha,
         classes_per_client=part.classes_per_client,
         min_partition_size=part.min_partition_size,
+        shards_per_client=part.shards_per_client,
+        by=_natural_column(raw, part, rows),
+        options=part.options,
     )
     splits = [train_test_split(rows[p], data.test_fraction, rng) for p in parts]
     x = _standardise(raw, np.concatenate([tr for tr, _ in splits]))
@@ -85,6 +82,38 @@ def build_federated(
             y_train = flip_labels(y_train, data.label_noise, raw.num_classes, seed, k)
         clients.append(ClientSplit(x[tr], y_train, raw.z[tr], x[te], raw.y[te], raw.z[te]))
     return FederatedData(raw, tuple(clients))
+
+
+def load_configured(data: DataConfig, seed: int, root: str | Path | None = None) -> RawDataset:
+    """The scenario's pooled dataset: built-in, a csv/parquet file, or a plug-in loader."""
+    if data.dataset in TABULAR_FILES:
+        return load_table_file(data)
+    if is_reference(data.dataset):
+        return load_plugin_dataset(data.dataset, data.options)
+    return load_dataset(
+        data.dataset,
+        data.sensitive,
+        root,
+        num_samples=data.num_samples,
+        num_features=data.num_features,
+        z_label_agreement=data.z_label_agreement,
+        class_separation=data.class_separation,
+        seed=seed,
+    )
+
+
+def _natural_column(raw: RawDataset, part: PartitionConfig, rows: np.ndarray) -> np.ndarray | None:
+    """The per-row values a natural partition splits by (``partition.by``)."""
+    if part.method != "natural":
+        return None
+    if not part.by:
+        raise ConfigError('partition.by: method = "natural" needs the column to split by')
+    if part.by not in raw.attributes:
+        known = ", ".join(raw.attributes) or "none"
+        raise ConfigError(
+            f"partition.by: {raw.name} has no column {part.by!r} to split by (columns: {known})"
+        )
+    return np.asarray(raw.attributes[part.by])[rows]
 
 
 def _standardise(raw: RawDataset, train_rows: np.ndarray) -> np.ndarray:

@@ -77,7 +77,12 @@ def initial_arrays(scenario: Scenario, data: FederatedData) -> ArrayRecord:
     """The global model's starting weights, drawn from the scenario seed."""
     raw = data.raw
     model = build_model(
-        scenario.model.name, raw.input_shape, raw.num_classes, scenario.model.hidden, scenario.seed
+        scenario.model.name,
+        raw.input_shape,
+        raw.num_classes,
+        scenario.model.hidden,
+        scenario.seed,
+        options=scenario.model.options,
     )
     return ArrayRecord(model.state_dict())
 
