@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -316,3 +317,83 @@ def test_model_reference_keeps_seeded_initialisation(plugin: str) -> None:
     c = build_model(f"{plugin}:make_net", (4,), 2, seed=4)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
     assert not torch.equal(next(a.parameters()), next(c.parameters()))
+
+
+def _hospital_csv(path: Path, n: int = 240) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "age": rng.integers(20, 80, n),
+            "dose": rng.normal(5.0, 2.0, n),
+            "ward": rng.choice(["a", "b", "c"], n),
+            "sex": rng.choice(["Female", "Male"], n),
+            "hospital": rng.choice(["h1", "h2", "h3", "h4"], n),
+            "record_id": np.arange(n),
+            "outcome": rng.choice(["bad", "good"], n),
+        }
+    )
+    frame.loc[3, "dose"] = np.nan  # an incomplete row is dropped
+    frame.to_csv(path, index=False) if path.suffix == ".csv" else frame.to_parquet(path)
+    return frame
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_tabular_file_encodes_categoricals_and_standardises_on_train_rows(
+    tmp_path: Path, kind: str
+) -> None:
+    path = tmp_path / f"hospitals.{kind}"
+    _hospital_csv(path)
+    over = {
+        **SMALL,
+        "data.dataset": kind,
+        "data.path": str(path),
+        "data.label": "outcome",
+        "data.sensitive": "sex",
+        "data.drop": ["record_id", "hospital"],
+    }
+    sc = load_scenario(DEFAULT, over)
+    fed = build_federated(sc.data, sc.partition, sc.seed)
+    raw = fed.raw
+    # age, dose numeric; ward (3) and sex (2) one-hot; record_id and hospital dropped
+    assert raw.x.shape == (239, 2 + 3 + 2)
+    assert raw.group_names == ("Female", "Male") and raw.class_names == ("bad", "good")
+    assert raw.feature_names[:2] == ("age", "dose")
+    train_x = np.concatenate([c.x_train for c in fed.clients])
+    np.testing.assert_allclose(train_x[:, :2].mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(train_x[:, :2].std(0), 1, atol=1e-4)
+    result = fedsim.run(DEFAULT, over)
+    assert result.arrays["1.weight"].shape[1] == 7
+
+
+def test_tabular_file_natural_partition_by_a_dropped_column(tmp_path: Path) -> None:
+    path = tmp_path / "hospitals.csv"
+    frame = _hospital_csv(path).dropna()
+    over = {
+        **SMALL,
+        "data.dataset": "csv",
+        "data.path": str(path),
+        "data.label": "outcome",
+        "data.drop": ["hospital"],
+        "partition.method": "natural",
+        "partition.by": "hospital",
+        "partition.num_clients": 4,
+    }
+    sc = load_scenario(DEFAULT, over)
+    fed = build_federated(sc.data, sc.partition, sc.seed)
+    sizes = [len(c.y_train) + len(c.y_test) for c in fed.clients]
+    assert sizes == frame.hospital.value_counts().sort_index().tolist()
+
+
+def test_tabular_file_mistakes_name_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "hospitals.csv"
+    _hospital_csv(path)
+    base = {**SMALL, "data.dataset": "csv", "data.path": str(path), "data.label": "outcome"}
+    for over, message in [
+        ({"data.label": "nope"}, "data.label: no column 'nope'"),
+        ({"data.sensitive": "record_id"}, "data.sensitive: column 'record_id' has 239"),
+        ({"data.path": str(tmp_path / "missing.csv")}, "data.path: no such file"),
+        ({"data.label": ""}, "data.label: dataset = 'csv' needs"),
+    ]:
+        sc = load_scenario(DEFAULT, {**base, **over})
+        with pytest.raises(ConfigError, match=message):
+            build_federated(sc.data, sc.partition, sc.seed)
