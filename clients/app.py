@@ -107,7 +107,11 @@ def get_runtime(run_config: dict) -> ClientRuntime:
             if scenario.threads:
                 torch.set_num_threads(scenario.threads)
             data = build_federated(
-                scenario.data, scenario.partition, scenario.seed, data_dir or None
+                scenario.data,
+                scenario.partition,
+                scenario.seed,
+                data_dir or None,
+                scenario.evaluation,
             )
             device = resolve_device(scenario.device)
             model = build_model(

@@ -176,6 +176,19 @@ class FaultsConfig:
 
 
 @dataclass(frozen=True)
+class EvaluationConfig:
+    """Server-side evaluation on one global test set, beside the clients' own tests."""
+
+    # Hold out a split of the pooled data (before partitioning) and evaluate the global
+    # model on it every round: global-acc, global-loss and its fairness metrics.
+    global_test: bool = False
+    global_fraction: float = field(default=0.1, metadata=_range(0.0, 0.9, lo_open=True))
+    # The held-out rows depend on this seed only, so every strategy and every scenario
+    # seed is evaluated on the same rows of a dataset.
+    holdout_seed: int = field(default=0, metadata=_range(0, 2**32 - 1))
+
+
+@dataclass(frozen=True)
 class RayConfig:
     """Resources of the Ray engine."""
 
@@ -203,6 +216,7 @@ class Scenario:
     client: ClientConfig = ClientConfig()
     strategy: StrategyConfig = StrategyConfig()
     fairness: FairnessConfig = FairnessConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     faults: FaultsConfig = FaultsConfig()
     ray: RayConfig = RayConfig()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsim.config import TABULAR_FILES, DataConfig, PartitionConfig
+from fedsim.config import TABULAR_FILES, DataConfig, EvaluationConfig, PartitionConfig
 from fedsim.data.custom import load_plugin_dataset, load_table_file
 from fedsim.data.datasets import RawDataset, load_dataset
 from fedsim.data.partition import partition, train_test_split
@@ -33,6 +33,8 @@ class FederatedData:
 
     raw: RawDataset
     clients: tuple[ClientSplit, ...]
+    # Held-out rows (x, y, z) for server-side evaluation; None unless asked for.
+    global_test: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     @property
     def num_clients(self) -> int:
@@ -47,17 +49,27 @@ class FederatedData:
 
 
 def build_federated(
-    data: DataConfig, part: PartitionConfig, seed: int, root: str | Path | None = None
+    data: DataConfig,
+    part: PartitionConfig,
+    seed: int,
+    root: str | Path | None = None,
+    evaluation: EvaluationConfig | None = None,
 ) -> FederatedData:
     """Load, partition, split, standardise and (optionally) add label noise.
 
     Numeric tabular columns are standardised with the mean and standard deviation of
     all clients' training rows (never test rows). Label noise flips the given fraction
-    of each client's training labels to a different class, chosen uniformly.
+    of each client's training labels to a different class, chosen uniformly. With
+    ``evaluation.global_test`` the rows of :func:`holdout_rows` are kept out of every
+    client and returned as ``global_test``.
     """
     raw = load_configured(data, seed, root)
     rng = np.random.default_rng([seed, 1])
     rows = np.arange(len(raw.y))
+    held = np.zeros(0, np.int64)
+    if evaluation is not None and evaluation.global_test:
+        held = holdout_rows(len(rows), evaluation.global_fraction, evaluation.holdout_seed)
+        rows = np.setdiff1d(rows, held)
     if data.max_samples and data.max_samples < len(rows):
         rows = np.sort(rng.choice(rows, data.max_samples, replace=False))
     parts = partition(
@@ -81,7 +93,14 @@ def build_federated(
         if data.label_noise > 0:
             y_train = flip_labels(y_train, data.label_noise, raw.num_classes, seed, k)
         clients.append(ClientSplit(x[tr], y_train, raw.z[tr], x[te], raw.y[te], raw.z[te]))
-    return FederatedData(raw, tuple(clients))
+    global_test = (x[held], raw.y[held], raw.z[held]) if len(held) else None
+    return FederatedData(raw, tuple(clients), global_test)
+
+
+def holdout_rows(n: int, fraction: float, holdout_seed: int) -> np.ndarray:
+    """The global test rows: ``round(fraction·n)`` rows drawn with ``holdout_seed`` only."""
+    size = min(max(int(round(fraction * n)), 1), n - 1)
+    return np.sort(np.random.default_rng([holdout_seed, 17]).choice(n, size, replace=False))
 
 
 def load_configured(data: DataConfig, seed: int, root: str | Path | None = None) -> RawDataset:

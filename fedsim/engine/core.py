@@ -24,6 +24,7 @@ from fedsim.clients import keys
 from fedsim.clients.models import build_model
 from fedsim.config import Scenario
 from fedsim.data import FederatedData
+from fedsim.engine.global_eval import global_evaluator
 from fedsim.strategies.registry import build_strategy
 from fedsim.strategies.screening import RoundRecord, Screened
 from fedsim.strategies.wrapper import StrategyWrapper
@@ -137,9 +138,13 @@ def execute(
 
     round_times: list[float] = []
     last = [t0]
+    global_eval = global_evaluator(scenario, data)
 
     def after_round(server_round: int, current: ArrayRecord) -> MetricRecord | None:
         if server_round > 0:
+            if global_eval is not None:  # server-side, on the held-out global test set
+                for name, value in global_eval(current).items():
+                    recorder.add(start_round + server_round, "server", name, value)
             now = time.perf_counter()
             round_times.append(now - last[0])
             last[0] = now
