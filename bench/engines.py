@@ -28,6 +28,8 @@ import threading
 import time
 from pathlib import Path
 
+from fedsim.seeds import Stream
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO / "scenarios" / "default.toml"
 WORKLOADS = {
@@ -74,7 +76,7 @@ def child_plain(overrides: dict) -> dict:
         acc = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in global_state.items()}
         for pid, (x, y, _, _) in enumerate(tensors):
             model.load_state_dict(global_state)
-            res = train(model, x, y, sc.client, client_generator(sc.seed, 5, rnd, pid))
+            res = train(model, x, y, sc.client, client_generator(sc.seed, Stream.TRAIN, rnd, pid))
             for k, v in model.state_dict().items():
                 acc[k] += v.double() * res.num_examples
             total += res.num_examples

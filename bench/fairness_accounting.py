@@ -45,7 +45,7 @@ class Timing:
 
 def run_once(scenario: str, enabled: bool, rounds: int | None) -> Timing:
     """One run of the scenario in the local engine; the wrapper's own clock read back."""
-    from fedsim.clients.app import get_runtime
+    from fedsim.runtime import get_runtime
 
     overrides: dict[str, Any] = {"fairness.enabled": enabled}
     if rounds:

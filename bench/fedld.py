@@ -29,8 +29,9 @@ from fedsim.strategies.fedld import FedLD
 from fedsim.strategies.principal import aggregate_principal
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
-from flwr.supercore.task_identity import TaskIdentity
 from numpy.typing import NDArray
+
+from fedsim.engine._flower_compat import task_identity
 
 
 def resnet18_shapes() -> dict[str, tuple[int, ...]]:
@@ -159,45 +160,48 @@ def main() -> None:
     args = parser.parse_args()
 
     logging.getLogger("flwr").setLevel(logging.WARNING)  # per-call INFO lines
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    rng = np.random.default_rng(0)
-    current, clients = make_models(args.clients, rng)
-    num_params = sum(v.size for k, v in current.items() if v.dtype == np.float32)
-    weights = [1.0] * args.clients
+    with task_identity(run_id=1, node_id=0, task_id=1):  # messages need one
+        rng = np.random.default_rng(0)
+        current, clients = make_models(args.clients, rng)
+        num_params = sum(v.size for k, v in current.items() if v.dtype == np.float32)
+        weights = [1.0] * args.clients
 
-    rows = []
-    dicts = compare(
-        lambda: fedavg_dicts(clients, weights),
-        lambda: aggregate_principal(current, clients, keep_ratio=args.keep_ratio),
-        args.repeats,
-    )
-    rows.append(("dicts", *dicts))
-
-    avg_strategy = FedAvg(min_available_nodes=args.clients, min_train_nodes=args.clients)
-    ld_strategy = FedLD(
-        keep_ratio=args.keep_ratio, min_available_nodes=args.clients, min_train_nodes=args.clients
-    )
-    avg_replies = make_replies(avg_strategy, 2, current, clients)
-    ld_replies = make_replies(ld_strategy, 2, current, clients)
-    records = compare(
-        lambda: avg_strategy.aggregate_train(2, avg_replies),
-        lambda: ld_strategy.aggregate_train(2, ld_replies),
-        args.repeats,
-    )
-    rows.append(("records", *records))
-
-    print(
-        f"M = {args.clients} clients, d = {num_params:,} float32 values (weights + BN stats) in "
-        f"{len(current)} tensors, keep_ratio = {args.keep_ratio}"
-    )
-    header = f"{'level':8s} {'FedAvg s':>9s} {'FedLD s':>9s} {'time x':>7s}"
-    header += f" {'FedAvg MiB':>11s} {'FedLD MiB':>10s} {'mem x':>6s}"
-    print(header)
-    for name, t_avg, t_ld, m_avg, m_ld in rows:
-        print(
-            f"{name:8s} {t_avg:9.3f} {t_ld:9.3f} {t_ld / t_avg:7.2f}"
-            f" {m_avg:11.1f} {m_ld:10.1f} {m_ld / m_avg:6.2f}"
+        rows = []
+        dicts = compare(
+            lambda: fedavg_dicts(clients, weights),
+            lambda: aggregate_principal(current, clients, keep_ratio=args.keep_ratio),
+            args.repeats,
         )
+        rows.append(("dicts", *dicts))
+
+        avg_strategy = FedAvg(min_available_nodes=args.clients, min_train_nodes=args.clients)
+        ld_strategy = FedLD(
+            keep_ratio=args.keep_ratio,
+            min_available_nodes=args.clients,
+            min_train_nodes=args.clients,
+        )
+        avg_replies = make_replies(avg_strategy, 2, current, clients)
+        ld_replies = make_replies(ld_strategy, 2, current, clients)
+        records = compare(
+            lambda: avg_strategy.aggregate_train(2, avg_replies),
+            lambda: ld_strategy.aggregate_train(2, ld_replies),
+            args.repeats,
+        )
+        rows.append(("records", *records))
+
+        print(
+            f"M = {args.clients} clients, d = {num_params:,} float32 values "
+            f"(weights + BN stats) in "
+            f"{len(current)} tensors, keep_ratio = {args.keep_ratio}"
+        )
+        header = f"{'level':8s} {'FedAvg s':>9s} {'FedLD s':>9s} {'time x':>7s}"
+        header += f" {'FedAvg MiB':>11s} {'FedLD MiB':>10s} {'mem x':>6s}"
+        print(header)
+        for name, t_avg, t_ld, m_avg, m_ld in rows:
+            print(
+                f"{name:8s} {t_avg:9.3f} {t_ld:9.3f} {t_ld / t_avg:7.2f}"
+                f" {m_avg:11.1f} {m_ld:10.1f} {m_ld / m_avg:6.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -5,129 +5,24 @@ engine and on real SuperNodes. It reads the scenario from ``context.run_config``
 (``scenario``: a path or TOML text; ``data-dir``) and its partition from
 ``context.node_config`` (``partition-id``). Data, model and tensors are cached per
 process, so a worker serving many simulated clients loads the data once and reuses
-one model instance.
+one model instance (:mod:`fedsim.runtime` holds that cache).
 """
 
 from __future__ import annotations
 
-import hashlib
-import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from fedsim.clients import keys
 from fedsim.clients.faults import InjectedCrash, corrupt_state, plan_faults
-from fedsim.clients.models import build_model
-from fedsim.clients.training import (
-    check_loss,
-    check_optimizer,
-    client_generator,
-    evaluate,
-    learning_rate,
-    train,
-)
+from fedsim.clients.training import client_generator, evaluate, learning_rate, train
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedsim.config import Scenario, load_scenario, loads_scenario
-from fedsim.data import FederatedData, build_federated
+from fedsim.runtime import ClientRuntime, get_runtime
+from fedsim.seeds import Stream
 
 client_app = ClientApp()
-
-
-@dataclass
-class ClientRuntime:
-    """Per-process state shared by every simulated client this process serves."""
-
-    scenario: Scenario
-    data: FederatedData
-    model: torch.nn.Module
-    device: torch.device
-    tensors: dict[int, tuple[torch.Tensor, ...]] = field(default_factory=dict)
-    _last_record: ArrayRecord | None = None
-    _last_state: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def incoming_state(self, record: ArrayRecord) -> dict[str, torch.Tensor]:
-        """The global weights of a message as a state dict, decoded once per record.
-
-        Every client of a round receives the same ArrayRecord object (in process, or
-        per Ray actor call); decoding its ``.npy`` payloads once instead of once per
-        client removes most of the engine's per-client overhead. The state dict is
-        only read (``load_state_dict`` copies it).
-        """
-        if record is not self._last_record:
-            self._last_state = record.to_torch_state_dict()
-            self._last_record = record
-        return self._last_state
-
-    def client_tensors(self, pid: int) -> tuple[torch.Tensor, ...]:
-        if pid not in self.tensors:
-            c = self.data.clients[pid]
-            self.tensors[pid] = tuple(
-                torch.as_tensor(a).to(self.device)
-                for a in (c.x_train, c.y_train, c.x_test, c.y_test)
-            )
-        return self.tensors[pid]
-
-
-_runtimes: dict[tuple[str, str], ClientRuntime] = {}
-# A process serves one scenario at a time; keeping a couple bounds the memory of
-# sweeps that run many scenarios in one process (each holds its dataset and model).
-_MAX_RUNTIMES = 2
-_lock = threading.Lock()
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def scenario_from_run_config(run_config: dict) -> Scenario:
-    """The scenario named by a run config: TOML text, or a path to a TOML file."""
-    source = str(run_config.get("scenario", "scenarios/default.toml"))
-    if "\n" in source or "=" in source:
-        return loads_scenario(source)
-    path = Path(source)
-    if not path.is_absolute() and not path.exists():
-        path = Path(__file__).resolve().parent.parent / source  # the project root
-    return load_scenario(path)
-
-
-def get_runtime(run_config: dict) -> ClientRuntime:
-    """Build (once per process and scenario) the data, model and device."""
-    source = str(run_config.get("scenario", ""))
-    data_dir = str(run_config.get("data-dir", "") or "")
-    key = (hashlib.sha256(source.encode()).hexdigest(), data_dir)
-    with _lock:
-        if key not in _runtimes:
-            scenario = scenario_from_run_config(run_config)
-            if scenario.threads:
-                torch.set_num_threads(scenario.threads)
-            data = build_federated(
-                scenario.data,
-                scenario.partition,
-                scenario.seed,
-                data_dir or None,
-                scenario.evaluation,
-            )
-            device = resolve_device(scenario.device)
-            model = build_model(
-                scenario.model.name,
-                data.raw.input_shape,
-                data.raw.num_classes,
-                scenario.model.hidden,
-                scenario.seed,
-                options=scenario.model.options,
-            ).to(device)
-            check_loss(scenario.client.loss, data.raw.num_classes)
-            check_optimizer(scenario.client)
-            _runtimes[key] = ClientRuntime(scenario, data, model, device)
-            while len(_runtimes) > _MAX_RUNTIMES:
-                del _runtimes[next(iter(_runtimes))]  # the oldest (insertion order)
-        return _runtimes[key]
 
 
 def runtime_config(context: Context) -> dict:
@@ -161,7 +56,7 @@ def handle_train(msg: Message, context: Context) -> Message:
         x,
         y,
         sc.client,
-        generator=client_generator(sc.seed, 5, server_round, pid),
+        generator=client_generator(sc.seed, Stream.TRAIN, server_round, pid),
         proximal_mu=float(config.get(keys.PROXIMAL_MU, 0.0)),  # type: ignore[arg-type]
         input_range=(0.0, 1.0) if rt.data.raw.kind == "image" else None,
         lr=learning_rate(sc.client, server_round, sc.rounds),
@@ -224,6 +119,6 @@ def _robust_accuracy(rt: ClientRuntime, x: torch.Tensor, y: torch.Tensor) -> flo
             step_size=cfg.adv_step_size,
             norm=cfg.adv_norm,
             clamp=clamp,
-            generator=client_generator(rt.scenario.seed, 6),
+            generator=client_generator(rt.scenario.seed, Stream.ROBUST_EVAL),
         )
     )

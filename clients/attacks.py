@@ -7,8 +7,8 @@ loss of :mod:`fedsim.clients.losses` plus ``nu * sup_{||x' - x|| <= gamma}
 approximated by projected gradient ascent (PGD, Madry et al., ICLR 2018).
 
 Pure maths: no Flower or Ray imports. Randomness only through an explicit
-``torch.Generator``. This module imports :mod:`fedsim.clients.losses` (validators, comp-sum);
-:func:`fedsim.clients.losses.objective` imports it back lazily, so there is no import cycle.
+``torch.Generator``. This module imports :mod:`fedsim.clients.losses` (comp-sum) and
+:mod:`fedsim.clients.checks`; :mod:`fedsim.clients.objective` imports it, never the reverse.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from fedsim.clients.losses import NORMS, Norm, _choice, _clamp_range, _number, comp_sum_loss
+from fedsim.clients.checks import NORMS, Norm, check_choice, check_clamp, check_number
+from fedsim.clients.losses import comp_sum_loss
 
 from fedsim.errors import ConfigError
 
@@ -63,11 +64,11 @@ class _Attack:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ConfigError(f"steps: expected an integer >= 0, got {steps!r}")
         return cls(
-            _number("radius", radius),
+            check_number("radius", radius),
             steps,
-            _number("step_size", step_size),
-            _choice("norm", norm, NORMS),
-            _clamp_range("clamp", clamp),
+            check_number("step_size", step_size),
+            check_choice("norm", norm, NORMS),
+            check_clamp("clamp", clamp),
         )
 
     def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -281,7 +282,7 @@ def adversarial_comp_sum_loss(
     ConfigError
         If ``tau``, ``nu`` or an attack setting is out of range.
     """
-    nu = _number("nu", nu)
+    nu = check_number("nu", nu)
     logits = model(x)
     base = comp_sum_loss(logits, target, tau)
     if nu == 0:

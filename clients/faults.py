@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from fedsim.config import FaultsConfig
+from fedsim.seeds import Stream
 
 
 class InjectedCrash(RuntimeError):
@@ -33,10 +34,12 @@ def plan_faults(
     """Decide which faults hit ``partition_id`` in ``server_round``."""
     if cfg == FaultsConfig():
         return FaultPlan()
-    rng = np.random.default_rng([seed, 3, server_round, partition_id])
+    rng = np.random.default_rng([seed, Stream.FAULTS, server_round, partition_id])
     crash, nan, shape, slow = rng.random(4)
     n_byz = int(round(cfg.byzantine_fraction * num_partitions))
-    byz = set(np.random.default_rng([seed, 4]).permutation(num_partitions)[:n_byz].tolist())
+    byz = set(
+        np.random.default_rng([seed, Stream.BYZANTINE]).permutation(num_partitions)[:n_byz].tolist()
+    )
     return FaultPlan(
         crash=bool(crash < cfg.crash_prob),
         nan=bool(nan < cfg.nan_prob),

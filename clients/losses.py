@@ -10,8 +10,9 @@ Analysis and Applications", ICML 2023 (eq. 2 and Section 5). With scores ``h(x, 
 so tau = 0 is sum-exponential, tau = 1 cross-entropy, tau = 1 + q generalized
 cross-entropy ``(1 - p_y^q) / q`` and tau = 2 mean absolute error ``1 - p_y``. The smooth
 adversarial comp-sum loss (Section 6) and the PGD attack live in :mod:`fedsim.clients.attacks`,
-which imports the validators and :func:`comp_sum_loss` from here; :func:`objective`
-imports :mod:`fedsim.clients.attacks` inside the function, so there is no import cycle.
+which imports :func:`comp_sum_loss` from here; the composed local objective lives in
+:mod:`fedsim.clients.objective`, which imports both. Argument checks are shared through
+:mod:`fedsim.clients.checks`.
 
 The margin-control penalty follows the code released with FedLD (Zeng et al., MICCAI
 2024), see :func:`margin_control_penalty`. :func:`proximal_term` is FedProx's
@@ -24,55 +25,26 @@ Pure maths: no Flower or Ray imports. Randomness only through an explicit
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from fedsim.clients.checks import check_choice, check_number
 from torch.autograd.function import once_differentiable
 
 from fedsim.errors import ConfigError
 
 Reduction = Literal["mean", "sum", "none"]
-Norm = Literal["linf", "l2"]
 MarginMode = Literal["batch", "sample"]
 
 LOSS_NAMES = ("sum-exp", "ce", "gce", "mae", "comp-sum")
 REDUCTIONS = ("mean", "sum", "none")
-NORMS = ("linf", "l2")
 MARGIN_MODES = ("batch", "sample")
 #: Below this ``|1 - tau|`` the loss is cross-entropy itself: the relative error of doing
 #: so is ``|1 - tau| * r / 2``, below float32 resolution while ``r < 1e5``; above it the
 #: ``expm1`` form has no cancellation, so there is no jump at the switch.
 TAU_ONE_TOLERANCE = 1e-12
-
-
-# --------------------------------------------------------------------------- validation
-def _number(field: str, value: object, *, positive: bool = False) -> float:
-    number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
-    if number is None or not math.isfinite(number) or number < 0 or (positive and number == 0):
-        bound = "> 0" if positive else ">= 0"
-        raise ConfigError(f"{field}: expected a finite number {bound}, got {value!r}")
-    return float(number)
-
-
-def _choice(field: str, value: object, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ConfigError(f"{field}: expected one of {', '.join(choices)}; got {value!r}")
-    return str(value)
-
-
-def _clamp_range(field: str, clamp: object) -> tuple[float, float] | None:
-    if clamp is None:
-        return None
-    if not (isinstance(clamp, tuple | list) and len(clamp) == 2):
-        raise ConfigError(f"{field}: expected None or a pair (low, high), got {clamp!r}")
-    low, high = (float(v) for v in clamp)
-    if not (math.isfinite(low) and math.isfinite(high) and low < high):
-        raise ConfigError(f"{field}: expected finite low < high, got {clamp!r}")
-    return low, high
 
 
 # --------------------------------------------------------------------------- comp-sum
@@ -142,8 +114,8 @@ def comp_sum_loss(
     ValueError
         If the shapes of ``logits`` and ``target`` do not match.
     """
-    tau = _number("tau", tau)
-    _choice("reduction", reduction, REDUCTIONS)
+    tau = check_number("tau", tau)
+    check_choice("reduction", reduction, REDUCTIONS)
     if logits.ndim != 2 or target.shape != logits.shape[:1]:
         raise ValueError(
             f"expected logits (N, C) and target (N,), got {tuple(logits.shape)} "
@@ -186,13 +158,13 @@ def resolve_tau(name: str, *, tau: float | None = None, q: float | None = None) 
     Parameters of other losses are ignored rather than rejected because a scenario's
     ``[client.loss]`` table carries defaults for both ``tau`` and ``q`` whatever the name.
     """
-    _choice("loss.name", name, LOSS_NAMES)
+    check_choice("loss.name", name, LOSS_NAMES)
     if name == "comp-sum":
         if tau is None:
             raise ConfigError("loss.tau: 'comp-sum' expected tau >= 0, got None")
-        return _number("loss.tau", tau)
+        return check_number("loss.tau", tau)
     if name == "gce":
-        if q is None or _number("loss.q", q, positive=True) > 1:
+        if q is None or check_number("loss.q", q, positive=True) > 1:
             raise ConfigError(f"loss.q: 'gce' expected q in (0, 1], got {q!r}")
         return 1.0 + float(q)
     return {"sum-exp": 0.0, "ce": 1.0, "mae": 2.0}[name]
@@ -238,8 +210,8 @@ def margin_control_penalty(
     ConfigError
         If ``lam`` is negative or ``mode`` unknown.
     """
-    lam = _number("lam", lam)
-    _choice("mode", mode, MARGIN_MODES)
+    lam = check_number("lam", lam)
+    check_choice("mode", mode, MARGIN_MODES)
     probs = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=1)
     if lam == 0:
         return probs.new_zeros(())
@@ -254,7 +226,9 @@ def margin_control_loss(
     """Cross-entropy plus :func:`margin_control_penalty` (FedLD authors' code); ``lam = 0``
     returns plain cross-entropy exactly."""
     base = comp_sum_loss(logits, target, 1.0)
-    return base if _number("lam", lam) == 0 else base + margin_control_penalty(logits, lam, mode)
+    return (
+        base if check_number("lam", lam) == 0 else base + margin_control_penalty(logits, lam, mode)
+    )
 
 
 def proximal_term(
@@ -269,7 +243,7 @@ def proximal_term(
     ValueError
         If the two parameter lists differ in length or shapes.
     """
-    mu = _number("mu", mu)
+    mu = check_number("mu", mu)
     total: torch.Tensor | None = None
     for w, w_global in zip(params, global_params, strict=True):
         if w.shape != w_global.shape:
@@ -281,93 +255,3 @@ def proximal_term(
     if total is None:
         return torch.zeros(())
     return 0.5 * mu * total
-
-
-# --------------------------------------------------------------------------- composer
-@dataclass(frozen=True)
-class LossSpec:
-    """Validated choice of local objective; see :func:`objective`. Fields named ``adv_*``
-    are the :func:`fedsim.clients.attacks.adversarial_comp_sum_loss` settings, used when
-    ``adv_nu > 0``."""
-
-    name: str = "ce"
-    tau: float | None = None
-    q: float | None = None
-    margin_lambda: float = 0.0
-    margin_mode: MarginMode = "batch"
-    adv_nu: float = 0.0
-    adv_radius: float = 8 / 255
-    adv_steps: int = 10
-    adv_step_size: float = 2 / 255
-    adv_norm: Norm = "linf"
-    adv_random_start: bool = True
-    adv_clamp: tuple[float, float] | None = (0.0, 1.0)
-
-    def __post_init__(self) -> None:
-        resolve_tau(self.name, tau=self.tau, q=self.q)
-        _number("loss.margin_lambda", self.margin_lambda)
-        _choice("loss.margin_mode", self.margin_mode, MARGIN_MODES)
-        _number("loss.adv_nu", self.adv_nu)
-        _number("loss.adv_radius", self.adv_radius)
-        steps = self.adv_steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ConfigError(f"loss.adv_steps: expected an integer >= 0, got {steps!r}")
-        _number("loss.adv_step_size", self.adv_step_size)
-        _choice("loss.adv_norm", self.adv_norm, NORMS)
-        if not isinstance(self.adv_random_start, bool):
-            raise ConfigError(
-                f"loss.adv_random_start: expected a bool, got {self.adv_random_start!r}"
-            )
-        _clamp_range("loss.adv_clamp", self.adv_clamp)
-
-    @property
-    def base_tau(self) -> float:
-        """The comp-sum ``tau`` of ``name``."""
-        return resolve_tau(self.name, tau=self.tau, q=self.q)
-
-
-def objective(
-    model: torch.nn.Module,
-    x: torch.Tensor,
-    target: torch.Tensor,
-    spec: LossSpec,
-    generator: torch.Generator | None = None,
-    base_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """Local objective: comp-sum loss (+ adversarial smoothing) (+ margin control).
-
-    The FedProx :func:`proximal_term` is added by the trainer, which holds the global
-    weights. ``generator`` drives the attack's random start (needed when ``adv_nu > 0``
-    and ``adv_random_start``). ``base_loss(logits, target)`` replaces the comp-sum
-    loss of ``spec.name`` (a user's own loss); the other terms are added to it alike.
-
-    Returns
-    -------
-    torch.Tensor
-        Scalar loss with gradients to the model's parameters.
-    """
-    logits = model(x)
-    if base_loss is not None:
-        loss = base_loss(logits, target)
-    else:
-        loss = comp_sum_loss(logits, target, spec.base_tau)
-    if spec.adv_nu > 0:
-        # Imported here: clients.attacks imports this module at load time.
-        from fedsim.clients.attacks import adversarial_smoothness_term
-
-        loss = loss + spec.adv_nu * adversarial_smoothness_term(
-            model,
-            x,
-            target,
-            logits,
-            radius=spec.adv_radius,
-            steps=spec.adv_steps,
-            step_size=spec.adv_step_size,
-            norm=spec.adv_norm,
-            random_start=spec.adv_random_start,
-            generator=generator,
-            clamp=spec.adv_clamp,
-        )
-    if spec.margin_lambda > 0:
-        loss = loss + margin_control_penalty(logits, spec.margin_lambda, spec.margin_mode)
-    return loss

@@ -107,7 +107,9 @@ def _plugin(
     return model
 
 
-def _build(name: str, shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...]):
+def _build(
+    name: str, shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...]
+) -> nn.Module:
     flat = math.prod(shape)
     if name == "logreg":
         return nn.Sequential(nn.Flatten(), nn.Linear(flat, num_classes))

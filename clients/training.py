@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from fedsim.clients.losses import proximal_term
+from fedsim.clients.objective import LossSpec, objective
 from fedsim.clients.optim import SGD, Adam
 from torch import nn
 
@@ -29,7 +31,7 @@ def make_objective(
     """The per-batch local objective selected by ``[client.loss]``.
 
     Plain cross-entropy takes PyTorch's fused kernel; every other combination goes
-    through :func:`fedsim.clients.losses.objective`. ``input_range`` bounds adversarial
+    through :func:`fedsim.clients.objective.objective`. ``input_range`` bounds adversarial
     inputs ((0, 1) for images; ``None`` for standardised tabular features).
     """
     plain = (
@@ -39,8 +41,6 @@ def make_objective(
     )
     if plain:
         return lambda model, x, y: F.cross_entropy(model(x), y)
-    from fedsim.clients.losses import objective
-
     if is_reference(cfg.name):  # the user's loss, plus the same additive terms
         base = plugin_loss(cfg)
         spec = loss_spec(replace(cfg, name="ce"), input_range)
@@ -98,7 +98,7 @@ def learning_rate(cfg: ClientConfig, server_round: int, num_rounds: int) -> floa
     return cfg.lr
 
 
-def make_optimizer(cfg: ClientConfig, params: list[torch.Tensor], lr: float) -> Any:
+def make_optimizer(cfg: ClientConfig, params: Sequence[torch.Tensor], lr: float) -> Any:
     """fedsim's SGD/Adam, or any ``torch.optim`` class by reference with its options."""
     if cfg.optimizer == "sgd":
         return SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -138,23 +138,10 @@ def check_optimizer(cfg: ClientConfig) -> None:
     make_optimizer(cfg, [torch.zeros(1, requires_grad=True)], cfg.lr)
 
 
-def loss_spec(cfg: LossConfig, input_range: tuple[float, float] | None = None):  # -> LossSpec
-    """Translate the scenario's loss table into :class:`fedsim.clients.losses.LossSpec`."""
-    from fedsim.clients.losses import LossSpec
-
-    return LossSpec(
-        name=cfg.name,
-        tau=cfg.tau,
-        q=cfg.q,
-        margin_lambda=cfg.margin_lambda,
-        margin_mode=cfg.margin_mode,
-        adv_nu=cfg.adv_nu,
-        adv_radius=cfg.adv_radius,
-        adv_steps=cfg.adv_steps,
-        adv_step_size=cfg.adv_step_size,
-        adv_norm=cfg.adv_norm,
-        adv_clamp=input_range,
-    )
+def loss_spec(cfg: LossConfig, input_range: tuple[float, float] | None = None) -> LossSpec:
+    """Translate the scenario's loss table into :class:`fedsim.clients.objective.LossSpec`."""
+    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(LossConfig)}
+    return LossSpec(**fields, adv_clamp=input_range)
 
 
 def client_generator(seed: int, *parts: int) -> torch.Generator:

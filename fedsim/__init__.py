@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path as _Path
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from fedsim.version import __version__
 
 # fedsim's subpackages clients/, strategies/ and fairness/ sit beside this folder in the
 # source tree and are installed inside it (pyproject's package-dir). Where fedsim is
@@ -29,7 +29,22 @@ if TYPE_CHECKING:
 
 
 def run(*args: Any, **kwargs: Any) -> RunResult:
-    """Run a scenario; see :func:`fedsim.runner.run`."""
+    """Run a scenario; see :func:`fedsim.runner.run`.
+
+    Examples
+    --------
+    >>> import fedsim
+    >>> result = fedsim.run(
+    ...     "scenarios/default.toml",
+    ...     overrides={"rounds": 1, "partition.num_clients": 2, "data.num_samples": 200,
+    ...                "fairness.enabled": False},
+    ... )
+    >>> result.summary["rounds"]
+    1
+    >>> 0.0 <= result.summary["final"]["eval-acc"] <= 1.0
+    True
+    """
+    # Imported when called: `import fedsim` stays cheap (no torch, Flower, pandas).
     from fedsim.runner import run as _run
 
     return _run(*args, **kwargs)
@@ -37,6 +52,7 @@ def run(*args: Any, **kwargs: Any) -> RunResult:
 
 def resume(*args: Any, **kwargs: Any) -> RunResult:
     """Continue a checkpointed run; see :func:`fedsim.checkpoint.resume`."""
+    # Imported when called, as in run().
     from fedsim.checkpoint import resume as _resume
 
     return _resume(*args, **kwargs)

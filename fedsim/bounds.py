@@ -228,7 +228,7 @@ def run_counts(
         return counts, source
     if run_config is None:
         raise DataError("run has no accounted round and no scenario to rebuild its test split")
-    from fedsim.clients.app import get_runtime
+    from fedsim.runtime import get_runtime
 
     data = get_runtime(dict(run_config)).data
     shape = (data.num_clients, data.raw.num_groups, data.raw.num_classes)

@@ -30,21 +30,20 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedsim import results
-from fedsim.clients.app import client_app, get_runtime, scenario_from_run_config
+from fedsim.clients.app import client_app
 from fedsim.config import Scenario
 from fedsim.engine.core import Execution, execute
 from fedsim.errors import FedsimError
+from fedsim.runtime import get_runtime, scenario_from_run_config
+from fedsim.server_files import ARRAY_KEYS, ERROR, OUT_DIR, write_error
+from fedsim.summary import make_summary
 
 log = logging.getLogger(__name__)
 
-OUT_DIR = "out-dir"  # run config key
-# Safetensors stores arrays sorted by name; this file keeps the model's key order so
-# that an engine reading the folder back gets the ArrayRecord the ServerApp ended with.
-ARRAY_KEYS = "array-keys.json"
-ERROR = "error.json"  # written instead of a summary when the run fails with a user error
-
 server_app = ServerApp()
 
+# ARRAY_KEYS, ERROR and OUT_DIR are owned by fedsim.server_files; re-exported for callers
+# that still import them from here (fedsim.deploy.steps).
 __all__ = ["ARRAY_KEYS", "ERROR", "OUT_DIR", "client_app", "server_app", "write_results"]
 
 
@@ -66,8 +65,7 @@ def main(grid: Grid, context: Context) -> None:
         execution = execute(scenario, runtime.data, grid)
     except FedsimError as exc:
         if out_dir:
-            error = {"type": type(exc).__name__, "message": str(exc)}
-            results.atomic_write_text(Path(out_dir) / ERROR, json.dumps(error))
+            write_error(Path(out_dir), exc)
         raise
     if out_dir:
         write_results(Path(out_dir), scenario, execution, time.perf_counter() - t0)
@@ -106,8 +104,6 @@ def write_results(out_dir: Path, scenario: Scenario, execution: Execution, wall:
     wall
         Seconds the run took, for the summary.
     """
-    from fedsim.runner import make_summary  # the runner imports engines lazily
-
     arrays = {k: v.numpy() for k, v in execution.arrays.items()}
     frame = results.metrics_frame(execution.recorder.rows)
     summary = make_summary(scenario, frame, wall, execution.wall_time, execution.round_times)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from fedsim.config import Scenario, build, load_scenario
 from fedsim.engine.core import RunRecorder, build_stack
 from fedsim.errors import ConfigError
 from fedsim.plugins import api_overrides, require_importable
+from fedsim.runtime import get_runtime
+from fedsim.summary import make_summary
 
 if TYPE_CHECKING:  # imported lazily: it brings in cvxpy
     from fedsim.strategies.fairness_accounting import FairnessAccounting
@@ -165,8 +166,6 @@ class _Start:
 def _prepare(sc: Scenario, run_config: dict[str, str], resume_from: Path | None) -> _Start:
     """Load the data (user errors surface here, before anything is written), build the
     strategy stack and, when resuming, restore it from the checkpoint."""
-    from fedsim.clients.app import get_runtime
-
     data = get_runtime(run_config).data
     recorder = RunRecorder()
     stack = build_stack(sc, data, recorder)
@@ -204,51 +203,3 @@ def _engine(name: str) -> Callable[..., Any]:
 
         return run_flower
     raise ConfigError(f"engine: unknown engine {name!r} (expected local, ray or flower)")
-
-
-def make_summary(
-    sc: Scenario,
-    frame: pd.DataFrame,
-    wall: float,
-    loop: float,
-    round_times: list[float] | None = None,
-) -> dict[str, Any]:
-    """Final and best server metrics, timings and versions."""
-    import flwr
-    import torch
-
-    import fedsim
-
-    server = frame[frame.client == "server"]
-    final: dict[str, float] = {}
-    if len(server):
-        last = server[server["round"] == server["round"].max()]
-        final = {str(m): float(v) for m, v in zip(last.metric, last.value, strict=True)}
-    best: dict[str, Any] = {}
-    acc = server[server.metric == "eval-acc"]
-    if len(acc):
-        i = acc.value.idxmax()
-        best = {"eval-acc": float(acc.value[i]), "round": int(acc["round"][i])}
-    failed = server[server.metric.str.endswith("failed-replies")].value.sum()
-    return {
-        "scenario": sc.name,
-        "engine": sc.engine,
-        "seed": sc.seed,
-        "rounds": int(server["round"].max()) if len(server) else 0,
-        "num_clients": sc.partition.num_clients,
-        "strategy": sc.strategy.name,
-        "dataset": sc.data.dataset,
-        "final": final,
-        "best": best,
-        "failed_replies_total": int(failed),
-        "wall_time_s": round(wall, 4),
-        "round_loop_time_s": round(loop, 4),
-        "round_times_s": [round(t, 5) for t in round_times or []],
-        "versions": {
-            "fedsim": fedsim.__version__,
-            "flwr": flwr.__version__ if hasattr(flwr, "__version__") else "",
-            "torch": torch.__version__,
-            "numpy": np.__version__,
-            "python": platform.python_version(),
-        },
-    }

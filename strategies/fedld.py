@@ -16,12 +16,12 @@ from typing import Any, Literal
 
 import numpy as np
 from fedsim.strategies.principal import DEFAULT_MEAN_ONLY, aggregate_principal
-from fedsim.strategies.records import array_view
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from numpy.typing import NDArray
 
+from fedsim.engine._flower_compat import array_view
 from fedsim.errors import AggregationError, ConfigError
 
 __all__ = ["FedLD"]

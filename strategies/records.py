@@ -1,16 +1,17 @@
-"""Record helpers shared by fedsim's strategies (pure functions over Flower records)."""
+"""Record helpers shared by fedsim's strategies (pure functions over Flower records).
+
+Arrays are read through :func:`fedsim.engine._flower_compat.array_view` (zero-copy).
+"""
 
 from __future__ import annotations
 
-import functools
-import io
 import math
-from typing import Any
 
 import numpy as np
 from fedsim.clients import keys
-from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
-from numpy.typing import NDArray
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
+
+from fedsim.engine._flower_compat import array_view
 
 
 def aggregate_scalar_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
@@ -50,37 +51,3 @@ def all_finite(record: ArrayRecord) -> bool:
         if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
             return False
     return True
-
-
-_NPY_STYPE = Array(np.zeros(0)).stype
-
-
-@functools.lru_cache(maxsize=4096)
-def _npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
-    """Parse a ``.npy`` header once per distinct header (clients share them per key)."""
-    stream = io.BytesIO(header)
-    version = np.lib.format.read_magic(stream)
-    read = {
-        (1, 0): np.lib.format.read_array_header_1_0,
-        (2, 0): np.lib.format.read_array_header_2_0,
-    }[version]
-    shape, fortran_order, dtype = read(stream)
-    return tuple(shape), bool(fortran_order), dtype
-
-
-def array_view(array: Array) -> NDArray[Any]:
-    """Read-only zero-copy view of ``array`` when it holds ``.npy`` bytes, else a copy."""
-    data = array.data
-    if array.stype == _NPY_STYPE and isinstance(data, bytes) and data[:6] == b"\x93NUMPY":
-        # .npy: magic (6), version (2), header length (2 bytes in v1, 4 in v2), header
-        length_bytes = 2 if data[6] == 1 else 4
-        start = 8 + length_bytes
-        offset = start + int.from_bytes(data[8:start], "little")
-        try:
-            shape, fortran_order, dtype = _npy_header(data[:offset])
-        except (KeyError, ValueError, TypeError):
-            return array.numpy()
-        if not dtype.hasobject:
-            view = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=offset)
-            return view.reshape(shape, order="F" if fortran_order else "C")
-    return array.numpy()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +66,63 @@ def test_no_deprecated_flower_surfaces() -> None:
         if word in path.read_text(encoding="utf-8")
     ]
     assert not offenders, offenders
+
+
+#: The one module allowed to touch Flower's private parts, and its contract test.
+FLOWER_SEAM = {"fedsim/engine/_flower_compat.py", "tests/fedsim/test_flower_compat.py"}
+
+
+def _private_flower_access(path: Path) -> list[str]:
+    """``Name._attr`` on names imported from flwr, ``__dict__[`` and ``flwr.supercore``."""
+    text = path.read_text(encoding="utf-8")
+    # Spelled in pieces so that this file does not match its own search.
+    found = [word for word in ("flwr." + "supercore", "__dict__" + "[") if word in text]
+    tree = ast.parse(text)
+    flower_names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "flwr":
+            flower_names.update(alias.asname or alias.name for alias in node.names)
+        elif isinstance(node, ast.Import):
+            flower_names.update(
+                alias.asname or alias.name.split(".")[0]
+                for alias in node.names
+                if alias.name.split(".")[0] == "flwr"
+            )
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+            and isinstance(node.value, ast.Name)
+            and node.value.id in flower_names
+        ):
+            found.append(f"{node.value.id}.{node.attr} (line {node.lineno})")
+    return found
+
+
+def test_private_flower_parts_only_in_the_compat_module() -> None:
+    offenders = [
+        f"{path.relative_to(REPO)}: {', '.join(found)}"
+        for folder in (*FOLDERS, "tests", "bench")
+        for path in (REPO / folder).rglob("*.py")
+        if str(path.relative_to(REPO)) not in FLOWER_SEAM
+        and path != Path(__file__).resolve()
+        and (found := _private_flower_access(path))
+    ]
+    assert not offenders, offenders
+
+
+def test_the_private_access_check_finds_what_it_bans(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "from flwr.app import Message\n"
+        "import flwr\n"
+        "Message._secret = 1\n"
+        "flwr._internal\n"
+        "self._fine = 2\n"
+    )
+    assert _private_flower_access(sample) == ["Message._secret (line 3)", "flwr._internal (line 4)"]
+    sample.write_text(
+        "from flwr." + "supercore.run import Run\nm.metadata." + "__dict__" + "['x']\n"
+    )
+    assert len(_private_flower_access(sample)) == 2

@@ -13,6 +13,7 @@ from fedsim.data.datasets import RawDataset, load_dataset
 from fedsim.data.partition import partition, train_test_split
 from fedsim.errors import ConfigError
 from fedsim.plugins import is_reference
+from fedsim.seeds import Stream
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,7 +65,7 @@ def build_federated(
     client and returned as ``global_test``.
     """
     raw = load_configured(data, seed, root)
-    rng = np.random.default_rng([seed, 1])
+    rng = np.random.default_rng([seed, Stream.SUBSAMPLE])
     rows = np.arange(len(raw.y))
     held = np.zeros(0, np.int64)
     if evaluation is not None and evaluation.global_test:
@@ -100,7 +101,8 @@ def build_federated(
 def holdout_rows(n: int, fraction: float, holdout_seed: int) -> np.ndarray:
     """The global test rows: ``round(fraction·n)`` rows drawn with ``holdout_seed`` only."""
     size = min(max(int(round(fraction * n)), 1), n - 1)
-    return np.sort(np.random.default_rng([holdout_seed, 17]).choice(n, size, replace=False))
+    rng = np.random.default_rng([holdout_seed, Stream.HOLDOUT])
+    return np.sort(rng.choice(n, size, replace=False))
 
 
 def load_configured(data: DataConfig, seed: int, root: str | Path | None = None) -> RawDataset:
@@ -150,7 +152,7 @@ def flip_labels(
     y: np.ndarray, fraction: float, num_classes: int, seed: int, client: int
 ) -> np.ndarray:
     """Flip ``round(fraction·n)`` labels to a uniformly chosen *different* class."""
-    rng = np.random.default_rng([seed, 2, client])
+    rng = np.random.default_rng([seed, Stream.LABEL_NOISE, client])
     y = y.copy()
     n_flip = int(round(fraction * len(y)))
     idx = rng.choice(len(y), n_flip, replace=False)

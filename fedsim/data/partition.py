@@ -26,6 +26,7 @@ import numpy as np
 from fedsim.config import PARTITIONERS
 from fedsim.errors import ConfigError
 from fedsim.plugins import describe, is_reference, resolve_callable
+from fedsim.seeds import Stream
 
 METHODS = PARTITIONERS
 
@@ -106,17 +107,33 @@ def partition(
     return parts
 
 
-def _iid(labels, sensitive, k, seed, alpha, cpc, min_size) -> list[np.ndarray]:
-    order = np.random.default_rng([seed, 10]).permutation(len(labels))
+def _iid(
+    labels: np.ndarray,
+    sensitive: np.ndarray,
+    k: int,
+    seed: int,
+    alpha: float,
+    cpc: int,
+    min_size: int,
+) -> list[np.ndarray]:
+    order = np.random.default_rng([seed, Stream.PARTITION_IID]).permutation(len(labels))
     return [np.sort(part) for part in np.array_split(order, k)]
 
 
 def _dirichlet(column: str) -> Callable[..., list[np.ndarray]]:
     """Per-class Dirichlet proportions (Hsu et al. 2019), as flwr-datasets draws them."""
 
-    def run(labels, sensitive, k, seed, alpha, cpc, min_size) -> list[np.ndarray]:
+    def run(
+        labels: np.ndarray,
+        sensitive: np.ndarray,
+        k: int,
+        seed: int,
+        alpha: float,
+        cpc: int,
+        min_size: int,
+    ) -> list[np.ndarray]:
         values = labels if column == "label" else sensitive
-        rng = np.random.default_rng([seed, 11])
+        rng = np.random.default_rng([seed, Stream.PARTITION_DIRICHLET])
         for _attempt in range(100):
             parts: list[list[np.ndarray]] = [[] for _ in range(k)]
             for v in np.unique(values):
@@ -137,14 +154,22 @@ def _dirichlet(column: str) -> Callable[..., list[np.ndarray]]:
     return run
 
 
-def _pathological(labels, sensitive, k, seed, alpha, cpc, min_size) -> list[np.ndarray]:
+def _pathological(
+    labels: np.ndarray,
+    sensitive: np.ndarray,
+    k: int,
+    seed: int,
+    alpha: float,
+    cpc: int,
+    min_size: int,
+) -> list[np.ndarray]:
     """Each client holds ``cpc`` classes; a class's rows are split evenly among its holders."""
     classes = np.unique(labels)
     if cpc > len(classes):
         raise ConfigError(
             f"partition.classes_per_client: {cpc} exceeds the {len(classes)} classes present"
         )
-    rng = np.random.default_rng([seed, 12])
+    rng = np.random.default_rng([seed, Stream.PARTITION_PATHOLOGICAL])
     # Deal classes round-robin from a shuffled deck so that every class is used.
     deck = np.concatenate([rng.permutation(classes) for _ in range(-(-k * cpc // len(classes)))])
     held: list[set[int]] = []
@@ -166,10 +191,18 @@ def _pathological(labels, sensitive, k, seed, alpha, cpc, min_size) -> list[np.n
     return [np.sort(np.concatenate(p)) if p else np.zeros(0, np.int64) for p in parts]
 
 
-def _quantity(labels, sensitive, k, seed, alpha, cpc, min_size) -> list[np.ndarray]:
+def _quantity(
+    labels: np.ndarray,
+    sensitive: np.ndarray,
+    k: int,
+    seed: int,
+    alpha: float,
+    cpc: int,
+    min_size: int,
+) -> list[np.ndarray]:
     """Client sizes from Dirichlet(alpha) (each at least ``min_size``), rows drawn IID."""
     n = len(labels)
-    rng = np.random.default_rng([seed, 13])
+    rng = np.random.default_rng([seed, Stream.PARTITION_QUANTITY])
     floor = min(max(min_size, 1), n // k)
     shares = rng.dirichlet(np.full(k, alpha))
     sizes = floor + np.floor(shares * (n - floor * k)).astype(int)
@@ -187,7 +220,7 @@ def _shard(labels: np.ndarray, k: int, seed: int, per_client: int) -> list[np.nd
             f"partition.shards_per_client: {k} clients x {per_client} shards need at least "
             f"{k * per_client} rows, the data has {n}"
         )
-    rng = np.random.default_rng([seed, 14])
+    rng = np.random.default_rng([seed, Stream.PARTITION_SHARD])
     shuffled = rng.permutation(n)  # which rows of a class land in which shard
     order = shuffled[np.argsort(labels[shuffled], kind="stable")]
     shards = rng.permutation(n // size)[: k * per_client]
@@ -210,7 +243,7 @@ def _by_size(n: int, k: int, seed: int, kind: str) -> list[np.ndarray]:
     units = size_units(kind, k)
     sizes = np.array(units / units.sum() * n, dtype=np.int64)
     sizes[-1] += n - sizes.sum()
-    order = np.random.default_rng([seed, 15]).permutation(n)
+    order = np.random.default_rng([seed, Stream.PARTITION_SIZE]).permutation(n)
     return [np.sort(p) for p in np.split(order, np.cumsum(sizes)[:-1])]
 
 
@@ -231,7 +264,7 @@ def _plugin(
     ref: str, labels: np.ndarray, sensitive: np.ndarray, k: int, seed: int, options: dict
 ) -> list[np.ndarray]:
     fn = resolve_callable(ref, "partition.method")
-    rng = np.random.default_rng([seed, 16])
+    rng = np.random.default_rng([seed, Stream.PARTITION_PLUGIN])
     try:
         out = fn(labels.copy(), sensitive.copy(), k, rng, **options)
     except TypeError as exc:

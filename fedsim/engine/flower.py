@@ -52,13 +52,12 @@ import tomli_w
 from flwr.app import Array, ArrayRecord
 from flwr.serverapp.strategy import Strategy
 
-import fedsim
-from fedsim import errors, results
+from fedsim import results
 from fedsim.config import Scenario
 from fedsim.data.files import data_dir as resolve_data_dir
 from fedsim.engine.core import Execution, RoundHook, RunRecorder
 from fedsim.errors import ConfigError
-from fedsim.flower_app import ARRAY_KEYS, ERROR, OUT_DIR
+from fedsim.server_files import ARRAY_KEYS, OUT_DIR, raise_recorded_error
 from fedsim.strategies.registry import build_strategy
 
 log = logging.getLogger(__name__)
@@ -177,7 +176,7 @@ def flwr_run_command(
 
 def project_root() -> Path:
     """The Flower App folder: fedsim's source checkout (it holds ``pyproject.toml``)."""
-    root = Path(fedsim.__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # fedsim/engine/flower.py -> the checkout
     pyproject = root / "pyproject.toml"
     if not pyproject.is_file() or "[tool.flwr.app" not in pyproject.read_text("utf-8"):
         raise ConfigError(
@@ -235,12 +234,7 @@ def read_execution(
     home: Path,
 ) -> Execution:
     """Read the ServerApp's results folder back; raise what went wrong if it has none."""
-    error_file = out_dir / ERROR
-    if error_file.is_file():
-        error = json.loads(error_file.read_text("utf-8"))
-        cls = getattr(errors, str(error.get("type")), None)
-        if isinstance(cls, type) and issubclass(cls, errors.FedsimError):
-            raise cls(error["message"])
+    raise_recorded_error(out_dir)
     if not (out_dir / results.SUMMARY).is_file():
         raise RuntimeError(_failure_message(code, output, home))
     frame = results.read_metrics(out_dir)

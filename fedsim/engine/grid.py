@@ -9,39 +9,37 @@ goes on.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
+
+from fedsim.engine._flower_compat import (
+    SUPERLINK_NODE_ID,
+    Run,
+    empty_run,
+    set_message_id,
+    task_identity,
+)
 
 log = logging.getLogger(__name__)
 
-SUPERLINK_NODE_ID = 1  # the ServerApp's node id in Flower's runtimes
+# Re-exported: the engines build messages inside task_identity(); the ServerApp's node id.
+__all__ = [
+    "SUPERLINK_NODE_ID",
+    "InProcessGrid",
+    "call_client",
+    "error_reply",
+    "local_handler",
+    "make_contexts",
+    "task_identity",
+]
+
 CLIENT_ERROR_CODE = 1  # flwr's ErrorCode.CLIENT_APP_RAISED_EXCEPTION
 
 Handler = Callable[[list[Message]], list[Message]]
-
-
-@contextlib.contextmanager
-def task_identity(
-    run_id: int, node_id: int = SUPERLINK_NODE_ID, task_id: int = 1
-) -> Iterator[None]:
-    """Set the process's Flower task identity (needed to build a ``Message``).
-
-    Flower's ServerApp runtime sets it before running a strategy; fedsim's engines do
-    the same here and restore the previous identity afterwards.
-    """
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, node_id, task_id
-    try:
-        yield
-    finally:
-        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
 def error_reply(msg: Message, exc: BaseException) -> Message:
@@ -91,7 +89,7 @@ class InProcessGrid(Grid):
     def __init__(self, node_ids: Iterable[int], handler: Handler, run_id: int = 1) -> None:
         self._node_ids = list(node_ids)
         self._handler = handler
-        self._run = Run.create_empty(run_id)
+        self._run = empty_run(run_id)
         self._replies: dict[str, Message] = {}
 
     def set_run(self, run: Run) -> None:
@@ -117,7 +115,7 @@ class InProcessGrid(Grid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         batch = list(messages)
         for msg in batch:
-            msg.metadata.__dict__["_message_id"] = uuid4().hex
+            set_message_id(msg, uuid4().hex)
         for reply in self._handler(batch):
             self._replies[reply.metadata.reply_to_message_id] = reply
         return [m.metadata.message_id for m in batch]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flwr.app import ArrayRecord
 
-from fedsim.clients.app import client_app, get_runtime
+from fedsim.clients.app import client_app
 from fedsim.config import Scenario
 from fedsim.engine.core import Execution, RoundHook, RunRecorder, execute
 from fedsim.engine.grid import InProcessGrid, local_handler, make_contexts, task_identity
+from fedsim.runtime import get_runtime
 
 
 def run_local(
@@ -19,7 +22,7 @@ def run_local(
     start_round: int = 0,
     arrays: ArrayRecord | None = None,
     recorder: RunRecorder | None = None,
-    stack=None,
+    stack: tuple[Any, Any] | None = None,
 ) -> Execution:
     """Run the scenario with every client handled in this process.
 

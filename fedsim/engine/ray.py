@@ -6,7 +6,7 @@ Design
   available CPUs — and GPUs when ``ray.num_gpus`` > 0 — fit at ``ray.num_cpus`` /
   ``ray.num_gpus`` each, capped at the number of clients). Each actor is one process
   with one ClientApp runtime (data and one model instance, built once by
-  :func:`fedsim.clients.app.get_runtime`) and runs its simulated clients one after another.
+  :func:`fedsim.runtime.get_runtime`) and runs its simulated clients one after another.
   A fractional ``ray.num_gpus`` packs several actors onto one GPU.
 * **Pinning.** Node ``k`` (in node-id order, i.e. partition id ``k``) belongs to actor
   ``k mod num_actors`` for the whole run. Its :class:`~flwr.app.Context` lives in that
@@ -54,11 +54,13 @@ from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.app import Metadata as MessageMetadata
 from ray.exceptions import GetTimeoutError, OutOfMemoryError, RayActorError
 
-from fedsim.clients.app import client_app, get_runtime
+from fedsim.clients.app import client_app
 from fedsim.config import RayConfig, Scenario
+from fedsim.engine._flower_compat import set_message_id
 from fedsim.engine.core import Execution, RoundHook, RunRecorder, execute, flower_log_level
 from fedsim.engine.grid import InProcessGrid, call_client, error_reply, make_contexts, task_identity
 from fedsim.errors import FedsimError
+from fedsim.runtime import get_runtime
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,7 @@ def run_ray(
     start_round: int = 0,
     arrays: ArrayRecord | None = None,
     recorder: RunRecorder | None = None,
-    stack=None,
+    stack: tuple[Any, Any] | None = None,
 ) -> Execution:
     """Run the scenario with the clients spread over a pool of Ray actors.
 
@@ -243,7 +245,7 @@ def rebuild_message(meta: MessageMetadata, content: RecordDict) -> Message:
             group_id=meta.group_id,
             dst_task_id=meta.dst_task_id,
         )
-    msg.metadata.__dict__["_message_id"] = meta.message_id  # as the Grid sets it
+    set_message_id(msg, meta.message_id)  # as the Grid sets it
     msg.metadata.created_at, msg.metadata.src_task_id = meta.created_at, meta.src_task_id
     return msg
 

@@ -13,7 +13,9 @@ from fedsim.clients.attacks import (
     pgd_attack,
     robust_accuracy,
 )
-from fedsim.clients.losses import LossSpec, Norm, comp_sum_loss, margin_control_penalty, objective
+from fedsim.clients.checks import Norm
+from fedsim.clients.losses import comp_sum_loss, margin_control_penalty
+from fedsim.clients.objective import LossSpec, objective
 
 from fedsim.errors import ConfigError
 
@@ -192,7 +194,15 @@ def test_objective_matches_components() -> None:
     model = _model(dropout=0.0).eval()
     x, target = _images()
     assert torch.equal(objective(model, x, target, LossSpec()), F.cross_entropy(model(x), target))
-    spec = LossSpec(name="gce", q=0.5, margin_lambda=0.03, adv_nu=0.2, adv_steps=3)
+    spec = LossSpec(
+        name="gce",
+        q=0.5,
+        margin_lambda=0.03,
+        adv_nu=0.2,
+        adv_radius=8 / 255,
+        adv_steps=3,
+        adv_step_size=2 / 255,
+    )
     g1, g2 = torch.Generator().manual_seed(6), torch.Generator().manual_seed(6)
     logits = model(x)
     expected = adversarial_comp_sum_loss(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -9,18 +10,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fedsim.clients.losses import (
-    LossSpec,
     comp_sum_loss,
     loss_by_name,
     margin_control_loss,
     margin_control_penalty,
-    objective,
     proximal_term,
     resolve_tau,
 )
+from fedsim.clients.objective import LossSpec, objective
+from fedsim.clients.training import loss_spec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedsim.config import LossConfig
 from fedsim.errors import ConfigError
 from tests.clients.test_attacks import _images, _model
 
@@ -320,7 +322,7 @@ def test_proximal_term_closed_form_and_gradient() -> None:
     ("fields", "field"),
     [
         ({"name": "focal"}, "loss.name"),
-        ({"name": "gce"}, "loss.q"),
+        ({"name": "gce", "q": None}, "loss.q"),
         ({"margin_lambda": -0.1}, "loss.margin_lambda"),
         ({"margin_mode": "class"}, "loss.margin_mode"),
         ({"adv_nu": math.nan}, "loss.adv_nu"),
@@ -337,3 +339,11 @@ def test_loss_spec_rejects_bad_fields(fields: dict, field: str) -> None:
     with pytest.raises(ConfigError, match=field) as info:
         LossSpec(**fields)
     assert "expected" in str(info.value) and "got" in str(info.value)
+
+
+def test_loss_spec_defaults_are_the_scenario_defaults() -> None:
+    # One owner: calling objective() directly must train what a scenario would.
+    scenario = dataclasses.asdict(LossConfig())
+    spec = dataclasses.asdict(LossSpec())
+    assert {k: spec[k] for k in scenario} == scenario
+    assert loss_spec(LossConfig()) == LossSpec(adv_clamp=None)

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from fedsim.clients.losses import LossSpec, objective
 from fedsim.clients.models import build_model
+from fedsim.clients.objective import LossSpec, objective
 from fedsim.clients.training import evaluate, make_objective, train
 
 import fedsim

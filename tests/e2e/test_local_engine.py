@@ -11,6 +11,7 @@ import pytest
 
 import fedsim
 from fedsim import results
+from fedsim.seeds import Stream
 from tests.conftest import SMALL
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,7 +70,7 @@ def test_one_client_one_epoch_fedavg_equals_plain_training() -> None:
             torch.as_tensor(c.x_train),
             torch.as_tensor(c.y_train),
             sc.client,
-            _generator(sc.seed, 5, r, 0),
+            _generator(sc.seed, Stream.TRAIN, r, 0),
         )
     for k, v in model.state_dict().items():
         assert np.allclose(res.arrays[k], v.numpy(), atol=1e-6), k

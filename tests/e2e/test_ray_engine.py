@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fedsim.clients import keys
-from fedsim.clients.app import get_runtime
 from flwr.app import ConfigRecord, Message, RecordDict
 
 import fedsim
 from fedsim.config import RayConfig
+from fedsim.engine._flower_compat import set_message_id
 from fedsim.engine.core import initial_arrays
 from fedsim.engine.grid import InProcessGrid, make_contexts, task_identity
 from fedsim.engine.ray import (
@@ -40,6 +40,7 @@ from fedsim.engine.ray import (
 )
 from fedsim.errors import FedsimError
 from fedsim.runner import RunResult, resolve
+from fedsim.runtime import get_runtime
 
 SCENARIO = Path(__file__).resolve().parents[2] / "scenarios" / "default.toml"
 SMALL = {"rounds": 3, "partition.num_clients": 6, "fairness.enabled": False}
@@ -106,7 +107,7 @@ def test_worker_rebuilds_messages_and_keeps_contexts() -> None:
     with task_identity(1):
         msgs = [Message(content, n, "train", group_id="4") for n in (1003, 1001)]
     for i, msg in enumerate(msgs):
-        msg.metadata.__dict__["_message_id"] = f"m{i}"
+        set_message_id(msg, f"m{i}")
     assert all(rebuild_message(m.metadata, content).metadata == m.metadata for m in msgs)
     replies = worker.handle([(m.metadata, 0) for m in msgs], content)
     assert [r.metadata.reply_to_message_id for r in replies] == ["m0", "m1"]

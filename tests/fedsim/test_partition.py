@@ -120,3 +120,13 @@ def test_label_noise_flips_exactly_the_fraction_to_other_classes() -> None:
     noisy = flip_labels(y, 0.3, 4, seed=0, client=1)
     assert (noisy != y).sum() == 300
     assert noisy.min() >= 0 and noisy.max() <= 3
+
+
+def test_seed_streams_are_distinct_and_keep_their_numbers() -> None:
+    # The ids are part of every run's identity: renumbering one changes results.
+    from fedsim.seeds import Stream
+
+    assert len({int(s) for s in Stream}) == len(Stream)
+    assert [int(s) for s in Stream] == [1, 2, 3, 4, 5, 6, 10, 11, 12, 13, 14, 15, 16, 17]
+    draws = np.random.default_rng([7, Stream.TRAIN, 2]).random(4)
+    np.testing.assert_array_equal(draws, np.random.default_rng([7, 5, 2]).random(4))

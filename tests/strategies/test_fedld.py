@@ -9,13 +9,13 @@ from __future__ import annotations
 import io
 import logging
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 from fedsim.strategies.fedld import FedLD
 from fedsim.strategies.principal import aggregate_principal
-from fedsim.strategies.records import array_view
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -27,18 +27,18 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.serverapp.strategy import FedAvg
-from flwr.supercore.task_identity import TaskIdentity
 
+from fedsim.engine import _flower_compat
+from fedsim.engine._flower_compat import array_view
 from fedsim.engine.grid import InProcessGrid
 from fedsim.errors import AggregationError, ConfigError
 
 
 @pytest.fixture(autouse=True)
-def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+def task_identity() -> Iterator[None]:
     """Messages need the identity of the process task; restored after each test."""
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    with _flower_compat.task_identity(run_id=1, node_id=0, task_id=1):
+        yield
 
 
 def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
