@@ -16,7 +16,13 @@ from dataclasses import dataclass
 import torch
 from fedsim.clients import keys
 from fedsim.clients.faults import FaultPlan, InjectedCrash, corrupt_state, plan_faults
-from fedsim.clients.training import TrainResult, client_generator, evaluate, train
+from fedsim.clients.training import (
+    TrainResult,
+    client_generator,
+    evaluate,
+    learning_rate,
+    train,
+)
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -52,6 +58,7 @@ def handle_train(msg: Message, context: Context) -> Message:
         proximal_mu=task.proximal_mu,
         input_range=task.input_range,
         z=task.sensitive,
+        lr=task.learning_rate,
     )
     state = {k: v.detach().cpu() for k, v in rt.model.state_dict().items()}
     return train_reply(task, state, result)
@@ -83,6 +90,12 @@ class TrainTask:
     def proximal_mu(self) -> float:
         config = self.msg.content.config_records[keys.CONFIG]
         return float(config.get(keys.PROXIMAL_MU, 0.0))  # type: ignore[arg-type]
+
+    @property
+    def learning_rate(self) -> float:
+        """This round's learning rate (``client.lr_schedule``)."""
+        sc = self.runtime.scenario
+        return learning_rate(sc.client, self.server_round, sc.rounds)
 
     @property
     def sensitive(self) -> torch.Tensor | None:

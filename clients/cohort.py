@@ -10,6 +10,7 @@ weights and FedProx µ they received, and each gets the reply the ClientApp woul
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from fedsim.clients import keys
 from fedsim.clients.app import TrainTask, prepare_train, train_reply
@@ -49,7 +50,7 @@ def handle_train_cohort(batch: Sequence[tuple[Message, Context]]) -> list[Messag
         result = train_cohort(
             rt.model,
             [(split[0], split[1]) for split in splits],
-            rt.scenario.client,
+            replace(rt.scenario.client, lr=tasks[0].learning_rate),  # this round's rate
             [task.generator for task in tasks],
             proximal_mu=tasks[0].proximal_mu,
             input_range=tasks[0].input_range,

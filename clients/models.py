@@ -1,13 +1,18 @@
-"""Models: logistic regression, an MLP for tabular data and a small CNN for images."""
+"""Models: logistic regression, an MLP for tabular data, a small CNN for images, or the
+user's own model factory by reference (``model.name = "mypkg.models:make_net"``)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
+from fedsim.config import MODELS
 from fedsim.errors import ConfigError
+from fedsim.plugins import describe, is_reference, resolve_callable
 
 
 class SmallCNN(nn.Module):
@@ -37,20 +42,69 @@ def build_model(
     num_classes: int,
     hidden: tuple[int, ...] = (64,),
     seed: int = 0,
+    options: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """Build a model with weights drawn from ``seed`` (same seed, same weights).
+
+    Parameters
+    ----------
+    name
+        ``logreg``, ``mlp``, ``cnn``, or a reference ``"package.module:make_net"`` to a
+        factory called as ``make_net(input_shape, num_classes, **options)`` that returns
+        a ``torch.nn.Module`` mapping a batch ``(B, *input_shape)`` to logits
+        ``(B, num_classes)``.
+    options
+        ``[model.options]``: keyword arguments of a plug-in factory.
 
     Raises
     ------
     ConfigError
-        For an unknown model, or a CNN on non-image data.
+        For an unknown model, a CNN on non-image data, or a plug-in that cannot be
+        imported, fails, or returns something other than such a module.
     """
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)  # module initialisers draw from the global generator
     try:
+        if is_reference(name):
+            return _plugin(name, input_shape, num_classes, dict(options or {}))
         return _build(name, input_shape, num_classes, hidden)
     finally:
         torch.random.set_rng_state(generator_state)
+
+
+def _plugin(
+    ref: str, shape: tuple[int, ...], num_classes: int, options: dict[str, Any]
+) -> nn.Module:
+    factory = resolve_callable(ref, "model.name")
+    try:
+        model = factory(shape, num_classes, **options)
+    except TypeError as exc:
+        raise ConfigError(
+            f"model.name: {ref}(input_shape, num_classes, **model.options) failed: {exc}"
+        ) from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"model.name: {ref} returned {describe(model)}, expected a torch.nn.Module"
+        )
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros((2, *shape)))
+    except Exception as exc:  # the user's forward pass: report it as their error
+        raise ConfigError(
+            f"model.name: {ref}'s model fails on a batch of shape {(2, *shape)}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else describe(out)
+        raise ConfigError(
+            f"model.name: {ref}'s model maps a batch of shape {(2, *shape)} to {got}, "
+            f"expected logits of shape (2, {num_classes})"
+        )
+    return model
 
 
 def _build(
@@ -74,4 +128,4 @@ def _build(
     raise ConfigError(f"model.name: unknown model {name!r} (expected logreg, mlp or cnn)")
 
 
-MODELS = ("logreg", "mlp", "cnn")
+__all__ = ["MODELS", "SmallCNN", "build_model"]

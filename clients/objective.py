@@ -11,6 +11,7 @@ Pure maths: no Flower or Ray imports. Randomness only through an explicit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -70,12 +71,14 @@ def objective(
     target: torch.Tensor,
     spec: LossSpec,
     generator: torch.Generator | None = None,
+    base_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Local objective: comp-sum loss (+ adversarial smoothing) (+ margin control).
 
     The FedProx :func:`proximal_term` is added by the trainer, which holds the global
     weights. ``generator`` drives the attack's random start (needed when ``adv_nu > 0``
-    and ``adv_random_start``).
+    and ``adv_random_start``). ``base_loss(logits, target)`` replaces the comp-sum
+    loss of ``spec.name`` (a user's own loss); the other terms are added to it alike.
 
     Returns
     -------
@@ -83,7 +86,10 @@ def objective(
         Scalar loss with gradients to the model's parameters.
     """
     logits = model(x)
-    loss = comp_sum_loss(logits, target, spec.base_tau)
+    if base_loss is not None:
+        loss = base_loss(logits, target)
+    else:
+        loss = comp_sum_loss(logits, target, spec.base_tau)
     if spec.adv_nu > 0:
         loss = loss + spec.adv_nu * adversarial_smoothness_term(
             model,

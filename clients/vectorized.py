@@ -35,6 +35,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from fedsim.config import ClientConfig, LossConfig
+from fedsim.plugins import is_reference
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,10 @@ def unsupported_settings(cfg: ClientConfig) -> str | None:
     client through the ClientApp, as without ``vectorize``); ``None`` if all are."""
     if cfg.fairness.penalty != "none" and cfg.fairness.weight > 0:
         return "a [client.fairness] penalty needs each client's sensitive rows per batch"
+    if cfg.optimizer not in ("sgd", "adam"):
+        return f"client.optimizer = {cfg.optimizer!r}: only fedsim's sgd and adam are stacked"
+    if is_reference(cfg.loss.name):
+        return f"client.loss.name = {cfg.loss.name!r}: a plug-in loss sees whole batches"
     return None
 
 

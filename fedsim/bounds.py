@@ -144,7 +144,7 @@ def scenario_counts(
             "one group: global and local disparity are always 0 bits and there is no "
             f"trade-off to bound; choose a dataset with one ({with_attr})"
         )
-    data = build_federated(sc.data, sc.partition, sc.seed, data_dir)
+    data = build_federated(sc.data, sc.partition, sc.seed, data_dir, sc.evaluation)
     shape = (data.num_clients, data.raw.num_groups, data.raw.num_classes)
     out = np.zeros(shape, np.int64)
     for k, c in enumerate(data.clients):

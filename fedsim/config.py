@@ -22,6 +22,7 @@ from typing import Any, Literal, get_args, get_origin
 import tomli_w
 
 from fedsim.errors import ConfigError
+from fedsim.plugins import is_valid_reference
 
 Engine = Literal["local", "ray", "flower"]
 Device = Literal["cpu", "cuda", "auto"]
@@ -31,12 +32,42 @@ def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = 
     return {"lo": lo, "hi": hi, "lo_open": lo_open}
 
 
+def _named(*builtins: str) -> dict:
+    """A name field: one of ``builtins`` or a plug-in reference ``"package.module:attr"``."""
+    return {"names": builtins}
+
+
+def _options() -> Any:
+    """An options table passed as keyword arguments to a plug-in (or built-in)."""
+    return field(default_factory=lambda: types.MappingProxyType({}))
+
+
+# Built-in names of every pluggable part (the registries own the implementations; the
+# tests check that these lists and the registries agree).
+DATASETS = ("synthetic", "adult", "compas", "bank", "retinamnist", "fashion-mnist", "digits")
+TABULAR_FILES = ("csv", "parquet")
+PARTITIONERS = (
+    "iid", "dirichlet-label", "dirichlet-sensitive", "pathological", "quantity",
+    "shard", "linear", "square", "exponential", "natural",
+)  # fmt: skip
+MODELS = ("logreg", "mlp", "cnn")
+LOSSES = ("ce", "comp-sum", "sum-exp", "gce", "mae")
+OPTIMIZERS = ("sgd", "adam")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which dataset, which sensitive attribute and how it is split per client."""
 
-    dataset: str = "synthetic"
-    sensitive: str = ""  # empty: the dataset's default sensitive attribute
+    dataset: str = field(default="synthetic", metadata=_named(*DATASETS, *TABULAR_FILES))
+    # empty: the dataset's default sensitive attribute; csv/parquet: a column name
+    sensitive: str = ""
+    # csv / parquet datasets: the file, its label column and columns to leave out
+    path: str = ""
+    label: str = ""
+    drop: tuple[str, ...] = ()
+    # keyword arguments of a plug-in loader ("package.module:load")
+    options: Mapping[str, Any] = _options()
     test_fraction: float = field(default=0.2, metadata=_range(0.0, 0.9, lo_open=True))
     label_noise: float = field(default=0.0, metadata=_range(0.0, 1.0))
     max_samples: int = field(default=0, metadata=_range(0))  # 0: all rows
@@ -51,28 +82,32 @@ class DataConfig:
 class PartitionConfig:
     """How the pooled data is spread over clients."""
 
-    method: Literal["iid", "dirichlet-label", "dirichlet-sensitive", "pathological", "quantity"] = (
-        "iid"
-    )
+    method: str = field(default="iid", metadata=_named(*PARTITIONERS))
     num_clients: int = field(default=10, metadata=_range(1, 100_000))
     alpha: float = field(default=0.5, metadata=_range(0.0, 1e6, lo_open=True))
     classes_per_client: int = field(default=2, metadata=_range(1, 10_000))
     min_partition_size: int = field(default=10, metadata=_range(0))
+    shards_per_client: int = field(default=2, metadata=_range(1, 100_000))  # shard
+    by: str = ""  # natural: the column whose values are the clients
+    # keyword arguments of a plug-in partitioner ("package.module:fn")
+    options: Mapping[str, Any] = _options()
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """The model every client trains."""
 
-    name: Literal["logreg", "mlp", "cnn"] = "mlp"
+    name: str = field(default="mlp", metadata=_named(*MODELS))
     hidden: tuple[int, ...] = (64,)
+    # keyword arguments of a plug-in model factory ("package.module:make_net")
+    options: Mapping[str, Any] = _options()
 
 
 @dataclass(frozen=True)
 class LossConfig:
     """The local objective (see :mod:`fedsim.clients.losses`)."""
 
-    name: Literal["ce", "comp-sum", "sum-exp", "gce", "mae"] = "ce"
+    name: str = field(default="ce", metadata=_named(*LOSSES))
     tau: float = field(default=1.0, metadata=_range(0.0, 100.0))
     q: float = field(default=0.7, metadata=_range(0.0, 1.0, lo_open=True))
     margin_lambda: float = field(default=0.0, metadata=_range(0.0, 1e6))
@@ -82,6 +117,8 @@ class LossConfig:
     adv_steps: int = field(default=3, metadata=_range(1, 1000))
     adv_step_size: float = field(default=0.05, metadata=_range(0.0, 1e6, lo_open=True))
     adv_norm: Literal["linf", "l2"] = "linf"
+    # keyword arguments of a plug-in loss ("package.module:fn")
+    options: Mapping[str, Any] = _options()
 
 
 @dataclass(frozen=True)
@@ -101,8 +138,14 @@ class ClientConfig:
 
     epochs: int = field(default=1, metadata=_range(1, 10_000))
     batch_size: int = field(default=32, metadata=_range(1, 10_000_000))
-    optimizer: Literal["sgd", "adam"] = "sgd"
+    optimizer: str = field(default="sgd", metadata=_named(*OPTIMIZERS))
+    # keyword arguments of a torch.optim class given by reference ("torch.optim:AdamW")
+    optimizer_options: Mapping[str, Any] = _options()
     lr: float = field(default=0.1, metadata=_range(0.0, 1e3, lo_open=True))
+    # learning rate across rounds: lr · schedule(round)
+    lr_schedule: Literal["constant", "step", "exponential", "cosine"] = "constant"
+    lr_decay: float = field(default=0.5, metadata=_range(0.0, 1.0, lo_open=True))
+    lr_step_rounds: int = field(default=10, metadata=_range(1, 1_000_000))
     momentum: float = field(default=0.0, metadata=_range(0.0, 1.0))
     weight_decay: float = field(default=0.0, metadata=_range(0.0, 10.0))
     robust_eval: bool = False  # report PGD robust accuracy even without an adversarial loss
@@ -145,6 +188,19 @@ class FaultsConfig:
 
 
 @dataclass(frozen=True)
+class EvaluationConfig:
+    """Server-side evaluation on one global test set, beside the clients' own tests."""
+
+    # Hold out a split of the pooled data (before partitioning) and evaluate the global
+    # model on it every round: global-acc, global-loss and its fairness metrics.
+    global_test: bool = False
+    global_fraction: float = field(default=0.1, metadata=_range(0.0, 0.9, lo_open=True))
+    # The held-out rows depend on this seed only, so every strategy and every scenario
+    # seed is evaluated on the same rows of a dataset.
+    holdout_seed: int = field(default=0, metadata=_range(0, 2**32 - 1))
+
+
+@dataclass(frozen=True)
 class RayConfig:
     """Resources of the Ray engine."""
 
@@ -178,6 +234,7 @@ class Scenario:
     client: ClientConfig = ClientConfig()
     strategy: StrategyConfig = StrategyConfig()
     fairness: FairnessConfig = FairnessConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     faults: FaultsConfig = FaultsConfig()
     ray: RayConfig = RayConfig()
 
@@ -330,7 +387,17 @@ def _convert(tp: Any, value: Any, path: str, fld: dataclasses.Field) -> Any:
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{path}: expected a string, got {_describe(value)}")
+        names = fld.metadata.get("names")
+        if names is not None and value not in names and not is_valid_reference(value):
+            raise ConfigError(
+                f"{path}: expected one of {', '.join(names)} or a plug-in reference "
+                f"'package.module:attr', got {_describe(value)}"
+            )
         return value
+    if origin is tuple and get_args(tp)[0] is str:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{path}: expected a list of strings, got {_describe(value)}")
+        return tuple(value)
     if origin is tuple:
         if not isinstance(value, list) or not all(
             isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1_000_000 for v in value

@@ -106,7 +106,7 @@ def score_test_split(
         sc = load_scenario(tomllib.loads(config_toml))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"report: config.toml of the run is not valid TOML: {exc}") from exc
-    data = build_federated(sc.data, sc.partition, sc.seed, data_dir)
+    data = build_federated(sc.data, sc.partition, sc.seed, data_dir, sc.evaluation)
     raw = data.raw
     if raw.num_classes != 2:
         raise DataError(f"the model-specific bound needs a binary label; {raw.num_classes} here")

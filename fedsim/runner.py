@@ -15,6 +15,7 @@ from fedsim import checkpoint, results
 from fedsim.config import Scenario, build, load_scenario
 from fedsim.engine.core import RunRecorder, build_stack, initial_arrays
 from fedsim.errors import ConfigError
+from fedsim.plugins import api_overrides, require_importable
 from fedsim.runtime import get_runtime
 from fedsim.summary import make_summary
 
@@ -63,6 +64,12 @@ def run(
     data_dir: str | Path | None = None,
     progress: ProgressFn | None = None,
     resume_from: str | Path | None = None,
+    model: Any = None,
+    dataset: Any = None,
+    partitioner: Any = None,
+    loss: Any = None,
+    optimizer: Any = None,
+    strategy: Any = None,
 ) -> RunResult:
     """Run a scenario and (with ``out``) write its results folder.
 
@@ -82,13 +89,26 @@ def run(
         ``progress(round, num_rounds, latest_server_metrics)`` after every round.
     resume_from
         A run folder whose checkpoint to continue from (see :mod:`fedsim.checkpoint`).
+    model, dataset, partitioner, loss, optimizer, strategy
+        The researcher's own parts, as objects (a model factory, a loader function, a
+        partitioner function, a loss function, a ``torch.optim`` class, a Flower
+        ``Strategy`` subclass) or ``"package.module:attr"`` references; they replace
+        ``model.name``, ``data.dataset``, ``partition.method``, ``client.loss.name``,
+        ``client.optimizer`` and ``strategy.name``. Objects that cannot be imported by
+        module and name (lambdas, functions in ``__main__``) work on the local engine
+        only.
 
     Raises
     ------
     fedsim.errors.FedsimError
         For invalid scenarios, missing data and other problems the user can fix.
     """
-    sc = resolve(scenario, overrides, engine)
+    parts = dict(model=model, dataset=dataset, partitioner=partitioner, loss=loss)
+    plugged = api_overrides({**parts, "optimizer": optimizer, "strategy": strategy})
+    sc = resolve(scenario, {**(overrides or {}), **plugged}, engine)
+    if sc.engine != "local":
+        for key, ref in plugged.items():
+            require_importable(ref, key, sc.engine)
     config_toml = sc.to_toml()
     run_config = {"scenario": config_toml, "data-dir": str(data_dir or "")}
     out_dir = Path(out) if out is not None else None

@@ -17,6 +17,7 @@ import torch
 from flwr.app import ArrayRecord
 
 from fedsim.clients.models import build_model
+from fedsim.clients.training import check_loss, check_optimizer
 from fedsim.config import Scenario, load_scenario, loads_scenario
 from fedsim.data import FederatedData, build_federated
 
@@ -91,7 +92,11 @@ def get_runtime(run_config: dict) -> ClientRuntime:
             if scenario.threads:
                 torch.set_num_threads(scenario.threads)
             data = build_federated(
-                scenario.data, scenario.partition, scenario.seed, data_dir or None
+                scenario.data,
+                scenario.partition,
+                scenario.seed,
+                data_dir or None,
+                scenario.evaluation,
             )
             device = resolve_device(scenario.device)
             model = build_model(
@@ -100,7 +105,10 @@ def get_runtime(run_config: dict) -> ClientRuntime:
                 data.raw.num_classes,
                 scenario.model.hidden,
                 scenario.seed,
+                options=scenario.model.options,
             ).to(device)
+            check_loss(scenario.client.loss, data.raw.num_classes)  # plug-ins fail here,
+            check_optimizer(scenario.client)  # before any training
             _runtimes[key] = ClientRuntime(scenario, data, model, device)
             while len(_runtimes) > _MAX_RUNTIMES:
                 del _runtimes[next(iter(_runtimes))]  # the oldest (insertion order)

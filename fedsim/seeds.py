@@ -32,3 +32,7 @@ class Stream(IntEnum):
     PARTITION_DIRICHLET = 11  # partition: dirichlet-label / dirichlet-sensitive
     PARTITION_PATHOLOGICAL = 12  # partition: pathological class assignment
     PARTITION_QUANTITY = 13  # partition: quantity skew
+    PARTITION_SHARD = 14  # partition: shard shuffle and assignment
+    PARTITION_SIZE = 15  # partition: linear / square / exponential row draw
+    PARTITION_PLUGIN = 16  # partition: the rng handed to a user's partitioner
+    HOLDOUT = 17  # data: the global test rows (with evaluation.holdout_seed, not the seed)

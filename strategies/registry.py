@@ -18,6 +18,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedsim.config import StrategyConfig
 from fedsim.errors import ConfigError
+from fedsim.plugins import describe, is_reference, resolve
 
 # name -> "module:Class"; imported lazily so that listing strategies stays cheap.
 REGISTRY: dict[str, str] = {
@@ -60,6 +61,22 @@ def register(name: str, target: str) -> None:
 
 
 def strategy_class(name: str) -> type[Strategy]:
+    """The strategy class of a registered name or a ``"package.module:Class"`` reference.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown name, or a reference that is not a Flower message-API
+        ``Strategy`` subclass.
+    """
+    if is_reference(name):
+        cls = resolve(name, "strategy.name")
+        if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+            raise ConfigError(
+                f"strategy.name: {name} is {describe(cls)}, expected a subclass of Flower's "
+                "flwr.serverapp.strategy.Strategy (e.g. of FedAvg)"
+            )
+        return cls
     if name not in REGISTRY:
         raise ConfigError(
             f"strategy.name: unknown strategy {name!r} (known: {', '.join(sorted(REGISTRY))})"

@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "fedsim.version": BASE,
     "fedsim.config": BASE,
     "fedsim.seeds": BASE,
+    "fedsim.plugins": BASE,
     "fedsim.results": BASE,
     "fedsim.server_files": BASE,
     "fedsim.procs": BASE,

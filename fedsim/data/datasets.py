@@ -11,7 +11,7 @@ standardise them with statistics of the training rows only. Images are float32 i
 from __future__ import annotations
 
 import gzip
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -37,6 +37,9 @@ class RawDataset:
     sensitive: str  # name of the sensitive attribute, "" if none
     numeric_columns: tuple[int, ...] = ()
     feature_names: tuple[str, ...] = field(default=())
+    # Raw per-row columns by name (categorical columns of tabular sets, every column of a
+    # csv/parquet file): what ``partition.method = "natural"`` can split by.
+    attributes: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -233,7 +236,7 @@ def _read_csv(path: Path, **kwargs: object) -> pd.DataFrame:
         raise DataError(f"{path}: cannot parse as CSV ({exc})") from None
 
 
-def _tabular(
+def tabular_dataset(
     name: str,
     frame: pd.DataFrame,
     label: pd.Series,
@@ -257,6 +260,7 @@ def _tabular(
         sensitive=sensitive,
         numeric_columns=tuple(range(len(numeric))),
         feature_names=tuple(numeric) + tuple(encoded.columns),
+        attributes={str(c): frame[c].to_numpy() for c in categorical},
     )
 
 
@@ -289,7 +293,7 @@ def load_adult(attr: str, root: Path | None) -> RawDataset:
         "sex",
         "native-country",
     ]
-    return _tabular("adult", df, label, df[attr], attr, cats, ("<=50K", ">50K"))
+    return tabular_dataset("adult", df, label, df[attr], attr, cats, ("<=50K", ">50K"))
 
 
 @register("compas", ("race", "sex"), "ProPublica COMPAS two-year recidivism (6,172 rows)")
@@ -328,7 +332,7 @@ def load_compas(attr: str, root: Path | None) -> RawDataset:
     z = frame["race"].eq("African-American").map({True: "African-American", False: "other"})
     z = z if attr == "race" else frame["sex"]
     cats = ["sex", "age_cat", "race", "c_charge_degree"]
-    return _tabular(
+    return tabular_dataset(
         "compas", frame, label.reset_index(drop=True), z, attr, cats, ("no-recid", "recid")
     )
 
@@ -355,7 +359,7 @@ def load_bank(attr: str, root: Path | None) -> RawDataset:
         "month",
         "poutcome",
     ]
-    return _tabular("bank", df, label, z, attr, cats, ("no", "yes"))
+    return tabular_dataset("bank", df, label, z, attr, cats, ("no", "yes"))
 
 
 # ------------------------------------------------------------------------ images

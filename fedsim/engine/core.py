@@ -25,6 +25,7 @@ from fedsim.clients.models import build_model
 from fedsim.config import Scenario
 from fedsim.data import FederatedData
 from fedsim.engine.deadline import Deadline, FailedReply
+from fedsim.engine.global_eval import global_evaluator
 from fedsim.strategies.registry import build_strategy
 from fedsim.strategies.screening import RoundRecord, Screened
 from fedsim.strategies.wrapper import StrategyWrapper
@@ -78,7 +79,12 @@ def initial_arrays(scenario: Scenario, data: FederatedData) -> ArrayRecord:
     """The global model's starting weights, drawn from the scenario seed."""
     raw = data.raw
     model = build_model(
-        scenario.model.name, raw.input_shape, raw.num_classes, scenario.model.hidden, scenario.seed
+        scenario.model.name,
+        raw.input_shape,
+        raw.num_classes,
+        scenario.model.hidden,
+        scenario.seed,
+        options=scenario.model.options,
     )
     return ArrayRecord(model.state_dict())
 
@@ -137,9 +143,13 @@ def execute(
 
     round_times: list[float] = []
     last = [t0]
+    global_eval = global_evaluator(scenario, data)
 
     def after_round(server_round: int, current: ArrayRecord) -> MetricRecord | None:
         if server_round > 0:
+            if global_eval is not None:  # server-side, on the held-out global test set
+                for name, value in global_eval(current).items():
+                    recorder.add(start_round + server_round, "server", name, value)
             now = time.perf_counter()
             round_times.append(now - last[0])
             last[0] = now

@@ -1,0 +1,58 @@
+"""Server-side evaluation of the global model on one held-out global test set.
+
+``[evaluation] global_test = true`` holds out rows of the pooled data before
+partitioning (:func:`fedsim.data.federated.holdout_rows`); after every round the
+server evaluates the aggregated model on them, as Flower's ``evaluate_fn`` would, and
+records ``global-acc``, ``global-loss`` and, with a sensitive attribute,
+``global-spd``, ``global-eod`` and ``global-acc-<group>``. The same rows serve every
+strategy and every scenario seed of a dataset, so runs compare on equal terms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from flwr.app import ArrayRecord
+
+from fedsim.clients.models import build_model
+from fedsim.clients.training import evaluate
+from fedsim.config import Scenario
+from fedsim.data import FederatedData
+from fedsim.fairness.metrics import (
+    equalized_odds_difference,
+    group_accuracy,
+    statistical_parity_difference,
+)
+
+GlobalEvaluator = Callable[[ArrayRecord], dict[str, float]]
+
+
+def global_evaluator(scenario: Scenario, data: FederatedData) -> GlobalEvaluator | None:
+    """The per-round global evaluation of ``scenario``, or None when it is off."""
+    if not scenario.evaluation.global_test or data.global_test is None:
+        return None
+    raw = data.raw
+    x, y, z = data.global_test
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    model = build_model(
+        scenario.model.name,
+        raw.input_shape,
+        raw.num_classes,
+        scenario.model.hidden,
+        scenario.seed,
+        options=scenario.model.options,
+    )
+
+    def evaluate_arrays(arrays: ArrayRecord) -> dict[str, float]:
+        model.load_state_dict(arrays.to_torch_state_dict())
+        res = evaluate(model, xt, yt, z, raw.num_groups, raw.num_classes)
+        out = {"global-acc": res.accuracy, "global-loss": res.loss}
+        if raw.num_groups > 1:
+            out["global-spd"] = statistical_parity_difference(res.counts)
+            out["global-eod"] = equalized_odds_difference(res.counts)
+            for g, acc in group_accuracy(res.counts).items():
+                out[f"global-acc-{raw.group_names[g]}"] = acc
+        return out
+
+    return evaluate_arrays

@@ -1,0 +1,181 @@
+"""Plug-ins by reference: one resolver for every name a scenario may take.
+
+Wherever a scenario takes a name (``model.name``, ``data.dataset``,
+``partition.method``, ``client.loss.name``, ``client.optimizer``, ``strategy.name``) it
+also takes a reference ``"package.module:attr"`` to the user's own code. Every engine
+resolves the reference the same way, by importing the module in its own process (the
+local engine, each Ray actor, Flower's ClientApp and ServerApp processes, a real
+SuperNode), so a plug-in behaves the same everywhere: the module must be importable
+there (installed, or on ``PYTHONPATH``).
+
+From Python, objects may be passed instead (``fedsim.run(sc, model=make_net)``).
+An object that can be imported by its own ``__module__`` and ``__qualname__`` becomes
+that reference; any other object (a lambda, a function defined in ``__main__`` or
+inside another function) is kept in this process under an ``object:`` reference,
+which only the local engine can use.
+
+This module is base layer: it imports nothing of fedsim but the errors.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from fedsim.errors import ConfigError
+
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_REFERENCE = re.compile(rf"^{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*$")
+#: Prefix of references to objects held in this process (Python API only).
+OBJECT_PREFIX = "object:"
+_objects: dict[str, Any] = {}
+
+
+def is_reference(name: str) -> bool:
+    """Whether a scenario name is a plug-in reference rather than a built-in name."""
+    return ":" in name
+
+
+def is_valid_reference(name: str) -> bool:
+    """Whether ``name`` has the form of a reference (``"pkg.mod:attr"`` or ``object:``)."""
+    return bool(_REFERENCE.match(name)) or name.startswith(OBJECT_PREFIX)
+
+
+def resolve(reference: str, key: str) -> Any:
+    """Import the object a ``"package.module:attr"`` reference names.
+
+    Parameters
+    ----------
+    reference
+        ``"package.module:attr"`` (``attr`` may be dotted: ``"pkg.mod:Class.method"``),
+        or an ``object:`` reference made by :func:`reference_for` in this process.
+    key
+        The scenario key that holds the reference, for error messages.
+
+    Returns
+    -------
+    Any
+        The object.
+
+    Raises
+    ------
+    ConfigError
+        If the reference is malformed, its module cannot be imported or lacks the
+        attribute.
+    """
+    if reference.startswith(OBJECT_PREFIX):
+        if reference not in _objects:
+            raise ConfigError(
+                f"{key}: {reference!r} was a Python object passed to fedsim.run in another "
+                "process; pass the object again, or use a module reference "
+                "'package.module:attr'"
+            )
+        return _objects[reference]
+    if not _REFERENCE.match(reference):
+        raise ConfigError(
+            f"{key}: {reference!r} is not a plug-in reference (expected 'package.module:attr',"
+            " e.g. 'mypkg.models:make_net')"
+        )
+    module_name, _, attr = reference.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"{key}: cannot import module {module_name!r} of {reference!r} ({exc}); it must "
+            "be importable in every process that runs fedsim (install it, or add its folder "
+            "to PYTHONPATH)"
+        ) from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigError(
+                f"{key}: module {module_name!r} has no attribute {attr!r} (from {reference!r})"
+            ) from None
+    return obj
+
+
+def resolve_callable(reference: str, key: str) -> Callable[..., Any]:
+    """:func:`resolve`, checking that the result can be called."""
+    obj = resolve(reference, key)
+    if not callable(obj):
+        raise ConfigError(
+            f"{key}: {reference!r} is a {type(obj).__name__}, expected a callable "
+            "(a function or a class)"
+        )
+    return obj  # type: ignore[no-any-return]
+
+
+def reference_for(obj: Any, key: str) -> str:
+    """The reference a scenario stores for an object passed from Python.
+
+    An object importable as ``module:qualname`` (and that import gives the same object)
+    is stored as that reference, usable on every engine. Anything else is kept in this
+    process under an ``object:`` reference.
+    """
+    if isinstance(obj, str):
+        return obj
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if module and qualname and module != "__main__" and "<" not in qualname:
+        ref = f"{module}:{qualname}"
+        try:
+            if resolve(ref, key) is obj:
+                return ref
+        except ConfigError:
+            pass
+    ref = f"{OBJECT_PREFIX}{key}.{id(obj):x}"
+    _objects[ref] = obj
+    return ref
+
+
+def require_importable(reference: str, key: str, engine: str) -> None:
+    """Refuse in-process objects on engines that run clients in other processes."""
+    if reference.startswith(OBJECT_PREFIX):
+        raise ConfigError(
+            f"{key}: the object passed from Python cannot be imported by the {engine} "
+            "engine's other processes; define it in a module and pass "
+            "'package.module:attr' (or use engine = 'local')"
+        )
+
+
+#: Python API keyword -> the scenario key its object or reference goes to.
+API_KEYS = {
+    "model": "model.name",
+    "dataset": "data.dataset",
+    "partitioner": "partition.method",
+    "loss": "client.loss.name",
+    "optimizer": "client.optimizer",
+    "strategy": "strategy.name",
+}
+
+
+def api_overrides(parts: dict[str, Any]) -> dict[str, str]:
+    """Scenario overrides for plug-ins passed to ``fedsim.run`` as objects or references."""
+    return {API_KEYS[k]: reference_for(v, API_KEYS[k]) for k, v in parts.items() if v is not None}
+
+
+def add_working_directory() -> None:
+    """Make modules in the current directory importable, here and in child processes.
+
+    ``python -m``/``-c`` put the current directory on ``sys.path``; a console script
+    such as ``fedsim`` does not. The CLI calls this so that ``model.name =
+    "mymodels:make_net"`` finds ``./mymodels.py`` in this process and, through
+    ``PYTHONPATH``, in the Ray workers and Flower processes the engines start.
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    entries = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if cwd not in entries:
+        os.environ["PYTHONPATH"] = os.pathsep.join([cwd, *entries])
+
+
+def describe(obj: Any) -> str:
+    """A short description of a value for error messages."""
+    text = repr(obj)
+    return f"{type(obj).__name__} {text[:57] + '...' if len(text) > 60 else text}"
