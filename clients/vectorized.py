@@ -29,8 +29,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from fedsim.clients.losses import comp_sum_loss, resolve_tau
-from fedsim.clients.training import TrainResult, train
+from fedsim.clients.losses import comp_sum_loss, margin_control_penalty, resolve_tau
+from fedsim.clients.training import Objective, TrainResult, train
 from torch import nn
 from torch.func import functional_call, vmap
 
@@ -190,9 +190,8 @@ def _sequential(model, cohort, cfg, generators, mu, input_range, sample_loss):  
     return {n: torch.stack([t[n] for t in trained]) for n in start}, results
 
 
-def plugin_objective(loss: LossConfig, sample_loss: SampleLoss):  # -> Objective
+def plugin_objective(loss: LossConfig, sample_loss: SampleLoss) -> Objective:
     """The per-batch objective of a plug-in per-row loss plus ``loss``'s margin control."""
-    from fedsim.clients.losses import margin_control_penalty
 
     def objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = model(x)

@@ -14,6 +14,8 @@ import pytest
 from fedsim.fairness.information import conditional_mutual_information, mutual_information
 from fedsim.fairness.pid import BLOCK_BARRIER, LARGE_K_CLIENTS, PIDResult, decompose, pid_from_csv
 
+from fedsim.errors import SolverError
+
 ORACLE_TOL = 1e-6  # bits: block barrier vs Clarabel
 GAP_TOL = 1e-8  # bits: the certified gap the barrier must reach
 
@@ -42,15 +44,39 @@ def _tables(num_clients: int, seed: int) -> dict[str, np.ndarray]:
     }
 
 
+def _cone(table: np.ndarray) -> PIDResult | None:
+    """The cone oracle: Clarabel, else SCS; None when neither reaches 'optimal'."""
+    for solver in ("CLARABEL", "SCS"):
+        try:
+            return decompose(table, shortcuts=False, solver=solver)
+        except SolverError:
+            continue
+    return None
+
+
 @pytest.mark.parametrize("num_clients", [2, 5, 20, 100])
 def test_block_barrier_matches_cone_solver(num_clients: int) -> None:
+    compared = 0
     for seed in range(2):
         for name, table in _tables(num_clients, seed).items():
             barrier = decompose(table, shortcuts=False, solver=BLOCK_BARRIER)
-            cone = decompose(table, shortcuts=False, solver="CLARABEL")
             assert (barrier.solver, barrier.status) == (BLOCK_BARRIER, "optimal"), name
             assert barrier.gap is not None and 0.0 <= barrier.gap <= GAP_TOL, name
+            cone = _cone(table)
+            if cone is None:  # cold cone solves can stop at 'optimal_inaccurate'
+                continue
+            compared += 1
             assert barrier.unique == pytest.approx(cone.unique, abs=ORACLE_TOL), (name, seed)
+    assert compared >= 8  # of 10 tables: the oracle checks nearly all of them
+
+
+def test_default_solvers_fall_back_to_the_barrier_where_the_cone_stops_short() -> None:
+    # A skewed 100-client table on which both cone solvers end 'optimal_inaccurate' cold.
+    table = _tables(100, 1)["skewed"]
+    assert _cone(table) is None
+    result = decompose(table, shortcuts=False)
+    assert (result.solver, result.status) == (BLOCK_BARRIER, "optimal")
+    assert result.gap is not None and result.gap <= GAP_TOL
 
 
 def test_certified_gap_brackets_the_cone_optimum() -> None:

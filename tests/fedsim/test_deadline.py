@@ -15,6 +15,7 @@ import pytest
 from fedsim.clients.app import client_app, get_runtime
 from flwr.app import Message
 
+from fedsim.engine._flower_compat import set_message_id
 from fedsim.engine.core import execute
 from fedsim.engine.grid import InProcessGrid, local_handler, make_contexts, task_identity
 from fedsim.runner import resolve
@@ -44,7 +45,7 @@ class DyingGrid(InProcessGrid):
         ids = list(super().push_messages(alive))
         for msg in batch:
             if msg not in alive:  # pushed, never answered
-                msg.metadata.__dict__["_message_id"] = f"lost-{msg.metadata.dst_node_id}"
+                set_message_id(msg, f"lost-{msg.metadata.dst_node_id}")
         return ids + [m.metadata.message_id for m in batch if m not in alive]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -10,24 +11,23 @@ from fedsim.clients import keys
 from fedsim.strategies.fairfed import FairFed
 from fedsim.strategies.fairfed_weights import fairfed_deltas, fairness_vector, update_weights
 from fedsim.strategies.registry import build_strategy
+from fedsim.strategies.state import stateful
 from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
-from flwr.supercore.task_identity import TaskIdentity
 
 import fedsim
-from fedsim import checkpoint
 from fedsim.config import StrategyConfig
+from fedsim.engine._flower_compat import task_identity
 from fedsim.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
-def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+def identity() -> Iterator[None]:
     """Messages need the identity of the process task; restored after each test."""
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    with task_identity(1):
+        yield
 
 
 def _table(cells: dict[tuple[int, int, int], int]) -> np.ndarray:
@@ -160,7 +160,7 @@ def test_positive_beta_moves_away_from_fedavg() -> None:
     assert _train(strategy, 2)[0] != pytest.approx(2.25)
 
 
-def test_state_round_trips_and_checkpoint_walk_keeps_the_weights() -> None:
+def test_state_round_trips_through_the_checkpoint_state_protocol() -> None:
     strategy = FairFed(beta=1.0)
     _train(strategy, 1)
     strategy.aggregate_evaluate(1, [_eval_reply(k, t) for k, t in enumerate(ROUND1)])
@@ -168,9 +168,10 @@ def test_state_round_trips_and_checkpoint_walk_keeps_the_weights() -> None:
     restored.load_state(strategy.state())
     assert np.array_equal(restored.weights, strategy.weights)
     assert np.array_equal(restored.partition_ids, [0, 1, 2])
-    arrays, meta = checkpoint.capture_state(strategy)  # what the runner checkpoints
+    # what the checkpoint stores and restores: the strategy's own state() protocol
+    assert stateful(strategy, {}) is strategy
     resumed = FairFed(beta=1.0)
-    checkpoint.restore_state(resumed, arrays, meta)
+    stateful(resumed, {}).load_state(stateful(strategy, {}).state())
     assert np.array_equal(resumed.weights, strategy.weights)
     assert _train(resumed, 2)[0] == _train(strategy, 2)[0]
 
