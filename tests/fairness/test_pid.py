@@ -319,15 +319,25 @@ def test_non_optimal_status_raises(monkeypatch: pytest.MonkeyPatch) -> None:
         decompose(AND, solver="CLARABEL")
 
 
-def test_falls_back_to_scs_only_when_clarabel_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_falls_back_to_the_barrier_then_scs_when_clarabel_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     assert decompose(AND).solver == "CLARABEL"
     options = {**pid._SOLVER_OPTIONS, "CLARABEL": {"max_iter": 1}}
     monkeypatch.setattr(pid, "_SOLVER_OPTIONS", options)
     result = decompose(AND)
+    assert result.solver == pid.BLOCK_BARRIER
+    assert result.redundant == pytest.approx(0.311278, abs=1e-5)
+
+    def barrier_fails(*args: object, **kwargs: object) -> None:
+        raise SolverError("barrier stopped (test)")
+
+    monkeypatch.setattr(pid, "unique_information", barrier_fails)
+    result = decompose(AND)
     assert result.solver == "SCS"
     assert result.redundant == pytest.approx(0.311278, abs=1e-5)
     options["SCS"] = {"max_iters": 1}
-    with pytest.raises(SolverError, match="CLARABEL.*; SCS"):
+    with pytest.raises(SolverError, match="CLARABEL.*; barrier stopped.*; SCS"):
         decompose(AND)
 
 
