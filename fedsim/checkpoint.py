@@ -153,18 +153,7 @@ def restore_state(strategy: Any, arrays: Mapping[str, np.ndarray], meta: Mapping
 
 
 def resume(run_dir: str | Path, overrides: Mapping[str, Any] | None = None, **kwargs: Any):
-    """Continue the run checkpointed in ``run_dir`` (see :func:`fedsim.runner.run`).
+    """Continue the run checkpointed in ``run_dir``; see :func:`fedsim.runner.resume`."""
+    from fedsim.runner import resume as _resume
 
-    Only the engine and progress may change on resume; the scenario is the one saved
-    with the run (``overrides`` are rejected, since they would change the experiment).
-    """
-    from fedsim.runner import run
-
-    run_dir = Path(run_dir)
-    if overrides:
-        keys = ", ".join(sorted(overrides))
-        raise ConfigError(f"--resume continues the saved scenario; --set is not allowed ({keys})")
-    if not (run_dir / results.CONFIG).is_file():
-        raise ConfigError(f"--resume: {run_dir} holds no {results.CONFIG}; is it a run folder?")
-    kwargs.setdefault("out", run_dir)
-    return run(run_dir / results.CONFIG, resume_from=run_dir, **kwargs)
+    return _resume(run_dir, overrides, **kwargs)

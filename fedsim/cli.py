@@ -8,10 +8,13 @@ errors keep their traceback.
 from __future__ import annotations
 
 import logging
+import re
+import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated
+from types import FrameType
+from typing import Annotated, Any
 
 import click
 import typer
@@ -45,11 +48,36 @@ def _overrides(items: list[str] | None) -> dict[str, object]:
     return dict(parse_assignment(item) for item in items or [])
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        import fedsim
+
+        typer.echo(f"fedsim {fedsim.__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """fedsim: federated-learning simulation for heterogeneity and fairness research."""
+
+
 @app.command()
 def run(
-    scenario: Annotated[Path, typer.Argument(help="Scenario TOML file.")],
+    scenario: Annotated[
+        Path | None, typer.Argument(help="Scenario TOML file (not with --resume).")
+    ] = None,
     set_: SetOpt = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Results folder.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Results folder (default runs/<scenario stem>)."),
+    ] = None,
     engine: Annotated[
         str | None, typer.Option("--engine", help="local, ray or flower (default: scenario's).")
     ] = None,
@@ -58,22 +86,76 @@ def run(
         str | None, typer.Option("--ray-address", help="Attach the Ray engine to this cluster.")
     ] = None,
     resume: Annotated[
-        Path | None, typer.Option("--resume", help="Continue the run checkpointed in this folder.")
+        Path | None,
+        typer.Option("--resume", help="Continue the run checkpointed in this folder, in place."),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Empty --out first if it holds an earlier run.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO level.")] = False,
 ) -> None:
-    """Run a scenario and write its results folder."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """Run a scenario and write its results folder (or continue one with --resume)."""
+    import fedsim.runner
 
-    import fedsim
-
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides = _overrides(set_)
     if ray_address:
         overrides["ray.address"] = ray_address
     if engine is not None and engine not in ("local", "ray", "flower"):
         raise ConfigError(f"--engine: expected local, ray or flower, got {engine!r}")
-    if out is None and resume is None:
-        out = Path("runs") / scenario.stem
+    report, stop = _progress(quiet)
+    kwargs: dict[str, Any] = dict(engine=engine, data_dir=data_dir, progress=report)
+    try:
+        if resume is not None:
+            if scenario is not None:
+                raise ConfigError(
+                    f"--resume continues the scenario saved in {resume}; drop {scenario}"
+                )
+            if out is not None or overwrite:
+                raise ConfigError(f"--resume writes into {resume}; drop --out and --overwrite")
+            result = fedsim.runner.resume(resume, overrides=overrides, **kwargs)
+        else:
+            if scenario is None:
+                raise ConfigError("missing SCENARIO (a TOML file) or --resume RUN_DIR")
+            from fedsim.rundir import default_out
+
+            target = out if out is not None else default_out(scenario)
+            result = fedsim.runner.run(
+                scenario, overrides, out=target, overwrite=overwrite, **kwargs
+            )
+    finally:
+        stop()
+    final = result.summary.get("final", {})
+    acc = final.get("eval-acc")
+    acc_text = f"final eval-acc {acc:.4f}" if acc is not None else "no evaluation"
+    typer.echo(f"{result.scenario.name}: {acc_text}; results in {result.out_dir}")
+
+
+SHOWN = ("eval-acc", "eval-loss", "train-loss", "global-disparity")
+
+
+def _progress(
+    quiet: bool,
+) -> tuple[Callable[[int, int, Mapping[str, float]], None], Callable[[], None]]:
+    """A per-round progress callback and its stop function.
+
+    On a terminal: a progress bar. Elsewhere (batch jobs, ``| tee``, CI logs): one plain
+    line per round on stderr, so that logs stay readable.
+    """
+    if quiet:
+        return (lambda done, total, latest: None), (lambda: None)
+    if not sys.stderr.isatty():
+
+        def line(done: int, total: int, latest: Mapping[str, float]) -> None:
+            text = "  ".join(f"{k} {latest[k]:.4f}" for k in SHOWN if k in latest)
+            sys.stderr.write(f"round {done}/{total}  {text}".rstrip() + "\n")
+            sys.stderr.flush()
+
+        return line, lambda: None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     progress = Progress(
         TextColumn("[bold]round"),
         MofNCompleteColumn(),
@@ -81,30 +163,17 @@ def run(
         TimeElapsedColumn(),
         TextColumn("{task.description}"),
         console=console,
-        disable=quiet,
         transient=False,
     )
     task = progress.add_task("", total=None)
 
-    def report(done: int, total: int, latest: Mapping[str, float]) -> None:
+    def bar(done: int, total: int, latest: Mapping[str, float]) -> None:
         if not progress.live.is_started:  # shown from the first round: errors stay one line
             progress.start()
-        shown = ("eval-acc", "eval-loss", "train-loss", "global-disparity")
-        text = "  ".join(f"{k}={latest[k]:.4f}" for k in shown if k in latest)
+        text = "  ".join(f"{k}={latest[k]:.4f}" for k in SHOWN if k in latest)
         progress.update(task, completed=done, total=total, description=text)
 
-    kwargs = dict(out=out, engine=engine, data_dir=data_dir, progress=report)
-    try:
-        if resume is not None:
-            result = fedsim.resume(resume, overrides=overrides, **kwargs)
-        else:
-            result = fedsim.run(scenario, overrides, **kwargs)
-    finally:
-        progress.stop()
-    final = result.summary.get("final", {})
-    acc = final.get("eval-acc")
-    acc_text = f"final eval-acc {acc:.4f}" if acc is not None else "no evaluation"
-    typer.echo(f"{result.scenario.name}: {acc_text}; results in {result.out_dir}")
+    return bar, progress.stop
 
 
 @app.command("list")
@@ -270,22 +339,73 @@ def report(
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning user errors into one line and exit code 2."""
+    from fedsim.runner import RunInterrupted
+
     _quiet_flower()
+    received: list[int] = []
+    saved = _catch_signals(received)
     try:
         app(args=argv, standalone_mode=False)
+    except RunInterrupted as exc:
+        _interrupted(received, exc)
+    except KeyboardInterrupt:
+        _interrupted(received, None)
     except FedsimError as exc:
         _fail(str(exc))
+    except RecursionError:
+        _fail("input nested too deeply (a scenario or value with hundreds of levels)")
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         _fail("aborted")
+    except click.exceptions.NoArgsIsHelpError:
+        sys.exit(0)  # the usage was printed, as `fedsim --help` would
     except click.ClickException as exc:
         _fail(exc.format_message())
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
     sys.exit(0)
+
+
+def _catch_signals(received: list[int]) -> dict[int, Any]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt (the run stops after its checkpoint).
+
+    SIGINT is set explicitly too: a process started in the background of a
+    non-interactive shell inherits it ignored.
+    """
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    saved: dict[int, Any] = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        saved[signum] = signal.signal(signum, handler)
+    return saved
+
+
+def _interrupted(received: list[int], exc: Any) -> None:
+    signum = received[0] if received else signal.SIGINT
+    if exc is None:
+        line = "fedsim: interrupted"
+    elif exc.resumable and exc.last_round > 0:
+        line = (
+            f"fedsim: interrupted after round {exc.last_round}; "
+            f"resume with: fedsim run --resume {exc.out_dir}"
+        )
+    elif exc.resumable:
+        line = f"fedsim: interrupted before the first round ended; nothing saved in {exc.out_dir}"
+    else:
+        line = f"fedsim: interrupted after round {exc.last_round} (this run keeps no checkpoint)"
+    sys.stderr.write(line + "\n")
+    sys.exit(128 + int(signum))
 
 
 def _fail(message: str) -> None:
     first = " ".join(message.split())
+    # click and typer both append the same "Did you mean ...?" suggestion
+    first = re.sub(r"(Did you mean [^?]*\?)(\s*\1)+", r"\1", first)
     sys.stderr.write(f"fedsim: error: {first}\n")
     sys.exit(2)
 
