@@ -352,8 +352,6 @@ def main(argv: list[str] | None = None) -> None:
         _interrupted(received, None)
     except FedsimError as exc:
         _fail(str(exc))
-    except RecursionError:
-        _fail("input nested too deeply (a scenario or value with hundreds of levels)")
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:

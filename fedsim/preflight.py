@@ -93,6 +93,6 @@ def check_scenario(sc: Scenario) -> None:
         )
         what = "the synthetic dataset"
     raise ConfigError(
-        f"{setting}: {what} need at least {sum(need.values()) / _GIB:.1f} GiB of memory, "
+        f"{setting}: {what} would need at least {sum(need.values()) / _GIB:.1f} GiB of memory, "
         f"but only {free / _GIB:.1f} GiB are available; choose smaller values"
     )
