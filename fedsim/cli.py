@@ -203,13 +203,18 @@ def sweep(
     seeds: Annotated[int, typer.Option("--seeds", help="Seeds 0..N-1 per combination.")] = 3,
     set_: SetOpt = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="CSV of every run (one row per run).")
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="CSV of every run, one row per run, written as each run ends; rerunning "
+            "into the same CSV skips the rows it holds.",
+        ),
     ] = None,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Run a scenario over a grid of overrides and seeds; print final accuracy mean ± std."""
     from fedsim.config import parse_value
-    from fedsim.results import atomic_write_text
     from fedsim.study import format_table, run_grid, summarise, to_markdown
 
     if seeds < 1:
@@ -233,6 +238,7 @@ def sweep(
         overrides=_overrides(set_),
         data_dir=data_dir,
         progress=report,
+        csv_path=out,
     )
     keys = list(table)
     summary = summarise(frame, "eval-acc", by=keys)
@@ -242,8 +248,6 @@ def sweep(
     else:
         laid_out = format_table(summary, keys[0], keys[1], digits=4)
     typer.echo(to_markdown(laid_out))
-    if out is not None:
-        atomic_write_text(out, frame.to_csv(index=False))
 
 
 @app.command()
