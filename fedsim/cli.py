@@ -7,6 +7,7 @@ errors keep their traceback.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import signal
@@ -48,6 +49,25 @@ def _overrides(items: list[str] | None) -> dict[str, object]:
     return dict(parse_assignment(item) for item in items or [])
 
 
+class _Interrupted(Exception):
+    """Carries a Ctrl-C/SIGTERM out of a command: typer would turn it into exit 130."""
+
+    def __init__(self, cause: KeyboardInterrupt) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _interruptible(command: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except KeyboardInterrupt as exc:
+            raise _Interrupted(exc) from None
+
+    return wrapper
+
+
 def _print_version(value: bool) -> None:
     if value:
         import fedsim
@@ -69,6 +89,7 @@ def _root(
 
 
 @app.command()
+@_interruptible
 def run(
     scenario: Annotated[
         Path | None, typer.Argument(help="Scenario TOML file (not with --resume).")
@@ -194,6 +215,7 @@ def list_() -> None:
 
 
 @app.command()
+@_interruptible
 def sweep(
     scenario: Annotated[Path, typer.Argument(help="Base scenario TOML file.")],
     grid: Annotated[
@@ -349,9 +371,14 @@ def main(argv: list[str] | None = None) -> None:
     received: list[int] = []
     saved = _catch_signals(received)
     try:
-        app(args=argv, standalone_mode=False)
-    except RunInterrupted as exc:
-        _interrupted(received, exc)
+        code = app(args=argv, standalone_mode=False)
+        if received:  # interrupted outside a command
+            _interrupted(received, None)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except _Interrupted as exc:
+        cause = exc.cause
+        _interrupted(received, cause if isinstance(cause, RunInterrupted) else None)
     except KeyboardInterrupt:
         _interrupted(received, None)
     except FedsimError as exc:
