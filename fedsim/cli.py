@@ -241,6 +241,12 @@ def sweep(
 
     if seeds < 1:
         raise ConfigError(f"--seeds: expected at least 1, got {seeds}")
+    if out is not None:  # checked before the first run, not after it
+        from fedsim.rundir import check_target
+
+        if out.is_dir():
+            raise ConfigError(f"--out: {out} is a folder; expected the path of a CSV file")
+        check_target(out.parent, resume=True)
     table: dict[str, list[object]] = {}
     for item in grid:
         key, sep, values = item.partition("=")

@@ -185,3 +185,15 @@ def test_failed_replies_total_counts_nonfinite_and_malformed(
     assert expected > int(server[server.metric == "train-failed-replies"].value.sum())
     summary = json.loads((tmp_path / "o" / results.SUMMARY).read_text())
     assert summary["failed_replies_total"] == expected
+
+
+@pytest.mark.parametrize("target", ["folder", "file/runs.csv", "/proc/runs.csv"])
+def test_sweep_out_is_checked_before_the_first_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], target: str
+) -> None:
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("x")
+    out = target if target.startswith("/") else str(tmp_path / target)
+    argv = ["sweep", DEFAULT, "-g", "client.lr=0.1", "--seeds", "1", "--out", out]
+    code, _, err = _run_main(argv, capsys)
+    assert code == 2 and "--out" in _one_error_line(err)
