@@ -163,6 +163,7 @@ def _run_locked(
         results.atomic_write_text(out_dir / results.CONFIG, config_toml)
     done = [state.start_round]
     last = [time.perf_counter()]
+    scanned = [len(state.recorder.rows)]  # rows before this round: scan only new ones
 
     def on_round(server_round: int, arrays: Any, recorder: Any) -> None:
         latest = recorder.latest()
@@ -178,9 +179,9 @@ def _run_locked(
                     config_toml,
                 )
             now = time.perf_counter()
-            round_metrics = {
-                m: v for r, c, m, v in recorder.rows if r == server_round and c == "server"
-            }
+            new_rows = recorder.rows[scanned[0] :]
+            scanned[0] = len(recorder.rows)
+            round_metrics = {m: v for r, c, m, v in new_rows if r == server_round and c == "server"}
             results.append_live_metrics(out_dir, server_round, round_metrics, now - last[0])
         done[0] = server_round
         if progress is not None:
