@@ -197,3 +197,18 @@ def test_sweep_out_is_checked_before_the_first_run(
     argv = ["sweep", DEFAULT, "-g", "client.lr=0.1", "--seeds", "1", "--out", out]
     code, _, err = _run_main(argv, capsys)
     assert code == 2 and "--out" in _one_error_line(err)
+
+
+def test_verbose_logs_at_info(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "fedsim.cli", "run", DEFAULT, "--out", str(tmp_path / "o")]
+    argv += ["-q", *TINY, "--set", "faults.crash_prob=1.0"]  # every client fails: logged
+    quiet = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    loud = subprocess.run(
+        [*argv, "--verbose", "--overwrite"], capture_output=True, text=True, timeout=120
+    )
+    assert quiet.returncode == loud.returncode == 0, loud.stderr
+    assert "INFO fedsim" not in quiet.stderr
+    assert "INFO fedsim.strategies.screening: round screening dropped" in loud.stderr
