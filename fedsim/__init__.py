@@ -51,9 +51,8 @@ def run(*args: Any, **kwargs: Any) -> RunResult:
 
 
 def resume(*args: Any, **kwargs: Any) -> RunResult:
-    """Continue a checkpointed run; see :func:`fedsim.checkpoint.resume`."""
-    # Imported when called, as in run().
-    from fedsim.checkpoint import resume as _resume
+    """Continue a checkpointed run; see :func:`fedsim.runner.resume`."""
+    from fedsim.runner import resume as _resume
 
     return _resume(*args, **kwargs)
 

@@ -36,7 +36,7 @@ from flwr.app import Array, ArrayRecord
 from numpy.typing import NDArray
 
 from fedsim import results
-from fedsim.errors import CheckpointError, ConfigError, DataError
+from fedsim.errors import CheckpointError, DataError
 from fedsim.state import Stateful, check_arrays
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -270,21 +270,3 @@ def _sha256_text(text: str) -> str:
 
 def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def resume(run_dir: str | Path, overrides: Mapping[str, Any] | None = None, **kwargs: Any):
-    """Continue the run checkpointed in ``run_dir`` (see :func:`fedsim.runner.run`).
-
-    Only the engine and progress may change on resume; the scenario is the one saved
-    with the run (``overrides`` are rejected, since they would change the experiment).
-    """
-    from fedsim.runner import run
-
-    run_dir = Path(run_dir)
-    if overrides:
-        keys = ", ".join(sorted(overrides))
-        raise ConfigError(f"--resume continues the saved scenario; --set is not allowed ({keys})")
-    if not (run_dir / results.CONFIG).is_file():
-        raise ConfigError(f"--resume: {run_dir} holds no {results.CONFIG}; is it a run folder?")
-    kwargs.setdefault("out", run_dir)
-    return run(run_dir / results.CONFIG, resume_from=run_dir, **kwargs)

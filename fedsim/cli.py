@@ -7,11 +7,15 @@ errors keep their traceback.
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
+import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated
+from types import FrameType
+from typing import Annotated, Any
 
 import click
 import typer
@@ -45,11 +49,56 @@ def _overrides(items: list[str] | None) -> dict[str, object]:
     return dict(parse_assignment(item) for item in items or [])
 
 
+class _Interrupted(Exception):
+    """Carries a Ctrl-C/SIGTERM out of a command: typer would turn it into exit 130."""
+
+    def __init__(self, cause: KeyboardInterrupt) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _interruptible(command: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except KeyboardInterrupt as exc:
+            raise _Interrupted(exc) from None
+
+    return wrapper
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        import fedsim
+
+        typer.echo(f"fedsim {fedsim.__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """fedsim: federated-learning simulation for heterogeneity and fairness research."""
+
+
 @app.command()
+@_interruptible
 def run(
-    scenario: Annotated[Path, typer.Argument(help="Scenario TOML file.")],
+    scenario: Annotated[
+        Path | None, typer.Argument(help="Scenario TOML file (not with --resume).")
+    ] = None,
     set_: SetOpt = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Results folder.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Results folder (default runs/<scenario stem>)."),
+    ] = None,
     engine: Annotated[
         str | None, typer.Option("--engine", help="local, ray or flower (default: scenario's).")
     ] = None,
@@ -58,18 +107,23 @@ def run(
         str | None, typer.Option("--ray-address", help="Attach the Ray engine to this cluster.")
     ] = None,
     resume: Annotated[
-        Path | None, typer.Option("--resume", help="Continue the run checkpointed in this folder.")
+        Path | None,
+        typer.Option("--resume", help="Continue the run checkpointed in this folder, in place."),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     vectorize: Annotated[
         bool, typer.Option("--vectorize", help="Train each round's clients as one vmap.")
     ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Empty --out first if it holds an earlier run.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO level.")] = False,
 ) -> None:
-    """Run a scenario and write its results folder."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """Run a scenario and write its results folder (or continue one with --resume)."""
+    import fedsim.runner
 
-    import fedsim
-
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides = _overrides(set_)
     if ray_address:
         overrides["ray.address"] = ray_address
@@ -77,8 +131,57 @@ def run(
         overrides["vectorize"] = True
     if engine is not None and engine not in ("local", "ray", "flower"):
         raise ConfigError(f"--engine: expected local, ray or flower, got {engine!r}")
-    if out is None and resume is None:
-        out = Path("runs") / scenario.stem
+    report, stop = _progress(quiet)
+    kwargs: dict[str, Any] = dict(engine=engine, data_dir=data_dir, progress=report)
+    try:
+        if resume is not None:
+            if scenario is not None:
+                raise ConfigError(
+                    f"--resume continues the scenario saved in {resume}; drop {scenario}"
+                )
+            if out is not None or overwrite:
+                raise ConfigError(f"--resume writes into {resume}; drop --out and --overwrite")
+            result = fedsim.runner.resume(resume, overrides=overrides, **kwargs)
+        else:
+            if scenario is None:
+                raise ConfigError("missing SCENARIO (a TOML file) or --resume RUN_DIR")
+            from fedsim.rundir import default_out
+
+            target = out if out is not None else default_out(scenario)
+            result = fedsim.runner.run(
+                scenario, overrides, out=target, overwrite=overwrite, **kwargs
+            )
+    finally:
+        stop()
+    final = result.summary.get("final", {})
+    acc = final.get("eval-acc")
+    acc_text = f"final eval-acc {acc:.4f}" if acc is not None else "no evaluation"
+    typer.echo(f"{result.scenario.name}: {acc_text}; results in {result.out_dir}")
+
+
+SHOWN = ("eval-acc", "eval-loss", "train-loss", "global-disparity")
+
+
+def _progress(
+    quiet: bool,
+) -> tuple[Callable[[int, int, Mapping[str, float]], None], Callable[[], None]]:
+    """A per-round progress callback and its stop function.
+
+    On a terminal: a progress bar. Elsewhere (batch jobs, ``| tee``, CI logs): one plain
+    line per round on stderr, so that logs stay readable.
+    """
+    if quiet:
+        return (lambda done, total, latest: None), (lambda: None)
+    if not sys.stderr.isatty():
+
+        def line(done: int, total: int, latest: Mapping[str, float]) -> None:
+            text = "  ".join(f"{k} {latest[k]:.4f}" for k in SHOWN if k in latest)
+            sys.stderr.write(f"round {done}/{total}  {text}".rstrip() + "\n")
+            sys.stderr.flush()
+
+        return line, lambda: None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     progress = Progress(
         TextColumn("[bold]round"),
         MofNCompleteColumn(),
@@ -86,30 +189,17 @@ def run(
         TimeElapsedColumn(),
         TextColumn("{task.description}"),
         console=console,
-        disable=quiet,
         transient=False,
     )
     task = progress.add_task("", total=None)
 
-    def report(done: int, total: int, latest: Mapping[str, float]) -> None:
+    def bar(done: int, total: int, latest: Mapping[str, float]) -> None:
         if not progress.live.is_started:  # shown from the first round: errors stay one line
             progress.start()
-        shown = ("eval-acc", "eval-loss", "train-loss", "global-disparity")
-        text = "  ".join(f"{k}={latest[k]:.4f}" for k in shown if k in latest)
+        text = "  ".join(f"{k}={latest[k]:.4f}" for k in SHOWN if k in latest)
         progress.update(task, completed=done, total=total, description=text)
 
-    kwargs = dict(out=out, engine=engine, data_dir=data_dir, progress=report)
-    try:
-        if resume is not None:
-            result = fedsim.resume(resume, overrides=overrides, **kwargs)
-        else:
-            result = fedsim.run(scenario, overrides, **kwargs)
-    finally:
-        progress.stop()
-    final = result.summary.get("final", {})
-    acc = final.get("eval-acc")
-    acc_text = f"final eval-acc {acc:.4f}" if acc is not None else "no evaluation"
-    typer.echo(f"{result.scenario.name}: {acc_text}; results in {result.out_dir}")
+    return bar, progress.stop
 
 
 @app.command("list")
@@ -130,6 +220,7 @@ def list_() -> None:
 
 
 @app.command()
+@_interruptible
 def sweep(
     scenario: Annotated[Path, typer.Argument(help="Base scenario TOML file.")],
     grid: Annotated[
@@ -139,17 +230,28 @@ def sweep(
     seeds: Annotated[int, typer.Option("--seeds", help="Seeds 0..N-1 per combination.")] = 3,
     set_: SetOpt = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="CSV of every run (one row per run).")
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="CSV of every run, one row per run, written as each run ends; rerunning "
+            "into the same CSV skips the rows it holds.",
+        ),
     ] = None,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Run a scenario over a grid of overrides and seeds; print final accuracy mean ± std."""
     from fedsim.config import parse_value
-    from fedsim.results import atomic_write_text
     from fedsim.study import format_table, run_grid, summarise, to_markdown
 
     if seeds < 1:
         raise ConfigError(f"--seeds: expected at least 1, got {seeds}")
+    if out is not None:  # checked before the first run, not after it
+        from fedsim.rundir import check_target
+
+        if out.is_dir():
+            raise ConfigError(f"--out: {out} is a folder; expected the path of a CSV file")
+        check_target(out.parent, resume=True)
     table: dict[str, list[object]] = {}
     for item in grid:
         key, sep, values = item.partition("=")
@@ -169,6 +271,7 @@ def sweep(
         overrides=_overrides(set_),
         data_dir=data_dir,
         progress=report,
+        csv_path=out,
     )
     keys = list(table)
     summary = summarise(frame, "eval-acc", by=keys)
@@ -178,8 +281,6 @@ def sweep(
     else:
         laid_out = format_table(summary, keys[0], keys[1], digits=4)
     typer.echo(to_markdown(laid_out))
-    if out is not None:
-        atomic_write_text(out, frame.to_csv(index=False))
 
 
 @app.command()
@@ -275,25 +376,79 @@ def report(
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning user errors into one line and exit code 2."""
+    from fedsim.runner import RunInterrupted
+
     _quiet_flower()
     from fedsim.plugins import add_working_directory
 
     add_working_directory()  # plug-in references to modules beside the user
+    received: list[int] = []
+    saved = _catch_signals(received)
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
+        if received:  # interrupted outside a command
+            _interrupted(received, None)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except _Interrupted as exc:
+        cause = exc.cause
+        _interrupted(received, cause if isinstance(cause, RunInterrupted) else None)
+    except KeyboardInterrupt:
+        _interrupted(received, None)
     except FedsimError as exc:
         _fail(str(exc))
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         _fail("aborted")
+    except click.exceptions.NoArgsIsHelpError:
+        sys.exit(0)  # the usage was printed, as `fedsim --help` would
     except click.ClickException as exc:
         _fail(exc.format_message())
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
     sys.exit(0)
+
+
+def _catch_signals(received: list[int]) -> dict[int, Any]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt (the run stops after its checkpoint).
+
+    SIGINT is set explicitly too: a process started in the background of a
+    non-interactive shell inherits it ignored.
+    """
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    saved: dict[int, Any] = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        saved[signum] = signal.signal(signum, handler)
+    return saved
+
+
+def _interrupted(received: list[int], exc: Any) -> None:
+    signum = received[0] if received else signal.SIGINT
+    if exc is None:
+        line = "fedsim: interrupted"
+    elif exc.resumable and exc.last_round > 0:
+        line = (
+            f"fedsim: interrupted after round {exc.last_round}; "
+            f"resume with: fedsim run --resume {exc.out_dir}"
+        )
+    elif exc.resumable:
+        line = f"fedsim: interrupted before the first round ended; nothing saved in {exc.out_dir}"
+    else:
+        line = f"fedsim: interrupted after round {exc.last_round} (this run keeps no checkpoint)"
+    sys.stderr.write(line + "\n")
+    sys.exit(128 + int(signum))
 
 
 def _fail(message: str) -> None:
     first = " ".join(message.split())
+    # click and typer both append the same "Did you mean ...?" suggestion
+    first = re.sub(r"(Did you mean [^?]*\?)(\s*\1)+", r"\1", first)
     sys.stderr.write(f"fedsim: error: {first}\n")
     sys.exit(2)
 

@@ -24,6 +24,8 @@ import tomli_w
 from fedsim.errors import ConfigError
 from fedsim.plugins import is_valid_reference
 
+#: Deepest nesting accepted in a free-form table (deeper input is refused, not recursed).
+MAX_DEPTH = 32
 Engine = Literal["local", "ray", "flower"]
 Device = Literal["cpu", "cuda", "auto"]
 
@@ -293,6 +295,8 @@ def loads_scenario(text: str) -> Scenario:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"scenario is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError("scenario is nested too deeply") from None
     return build(Scenario, raw, "")
 
 
@@ -308,6 +312,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply") from None
     if not table:
         raise ConfigError(f"{path}: the scenario file is empty (see scenarios/default.toml)")
     return table
@@ -319,6 +325,8 @@ def parse_value(text: str) -> Any:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+    except RecursionError:
+        raise ConfigError(f"value nested too deeply: {text[:40]}...") from None
 
 
 def parse_assignment(item: str) -> tuple[str, Any]:
@@ -409,8 +417,24 @@ def _convert(tp: Any, value: Any, path: str, fld: dataclasses.Field) -> Any:
     if origin in (Mapping, dict) or tp is Mapping:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path}: expected a table, got {_describe(value)}")
+        _check_finite(value, path, 0)
         return types.MappingProxyType(dict(value))
     raise TypeError(f"unsupported field type {tp!r} at {path}")  # programming error
+
+
+def _check_finite(value: Any, path: str, depth: int) -> None:
+    """Every number in a free-form table (strategy options) is finite; depth is bounded."""
+    if depth > MAX_DEPTH:
+        where = path.split("[")[0]
+        raise ConfigError(f"{where}: nested too deeply (over {MAX_DEPTH} levels)")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{path}: expected a finite number, got {value}")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_finite(item, _join(path, str(key)), depth + 1)
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_finite(item, f"{path}[{i}]", depth + 1)
 
 
 def _check_range(value: float, path: str, fld: dataclasses.Field) -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,27 @@ METRICS = "metrics.parquet"
 MODEL = "model.safetensors"
 SUMMARY = "summary.json"
 COLUMNS = ["round", "client", "metric", "value"]
+_UMASK_LOCK = threading.Lock()
+
+
+def file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file: ``0o666`` less the umask."""
+    with _UMASK_LOCK:  # os.umask can only be read by setting it
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file, fsync and rename."""
+    """Write ``data`` to ``path`` via a temporary file, fsync and rename.
+
+    ``tempfile.mkstemp`` creates its file 0600; it is given the mode an ordinary
+    write would have (``0o666`` less the umask) before it is renamed into place.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -106,3 +121,50 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+# ----------------------------------------------------------------- live metrics
+
+LIVE_METRICS = "metrics.csv"
+LIVE_HEADER = "round,metric,value\n"
+ROUND_TIME = "round-time-s"
+
+
+def append_live_metrics(
+    out_dir: Path, server_round: int, metrics: Mapping[str, float], round_time: float
+) -> None:
+    """Append one round's server metrics to ``metrics.csv`` (round, metric, value).
+
+    The file grows as the run goes (``tail -f`` shows each round as it ends) and keeps
+    what a killed run did; ``round-time-s`` is the round's wall time.
+    """
+    path = out_dir / LIVE_METRICS
+    lines = [] if path.exists() else [LIVE_HEADER]
+    lines += [f"{server_round},{name},{value!r}\n" for name, value in metrics.items()]
+    lines.append(f"{server_round},{ROUND_TIME},{round(round_time, 5)!r}\n")
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write("".join(lines))
+        fh.flush()
+
+
+def truncate_live_metrics(out_dir: Path, upto_round: int) -> list[float]:
+    """Keep the rows of rounds ``<= upto_round`` (a resume redoes the rest).
+
+    Returns
+    -------
+    list of float
+        The recorded round times of those rounds, in round order.
+    """
+    path = out_dir / LIVE_METRICS
+    if not path.is_file():
+        return []
+    kept, times = [LIVE_HEADER], {}
+    for line in path.read_text(encoding="utf-8").splitlines()[1:]:
+        parts = line.split(",")
+        if len(parts) != 3 or not parts[0].isdigit() or int(parts[0]) > upto_round:
+            continue
+        kept.append(line + "\n")
+        if parts[1] == ROUND_TIME:
+            times[int(parts[0])] = float(parts[2])
+    atomic_write_text(path, "".join(kept))
+    return [times[r] for r in sorted(times)]

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from fedsim import checkpoint, results
+from fedsim import checkpoint, preflight, results, rundir
 from fedsim.config import Scenario, build, load_scenario
 from fedsim.engine.core import RunRecorder, build_stack, initial_arrays
 from fedsim.errors import ConfigError
@@ -55,6 +55,25 @@ def resolve(
     return sc
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C or SIGTERM; its last checkpoint is kept.
+
+    Attributes
+    ----------
+    last_round
+        The last round whose checkpoint is on disk (0: none).
+    out_dir
+        The run folder, or ``None`` for a run without one.
+    resumable
+        Whether ``fedsim run --resume out_dir`` can continue it (the Flower engine
+        does not checkpoint).
+    """
+
+    def __init__(self, last_round: int, out_dir: Path | None, resumable: bool) -> None:
+        super().__init__(f"interrupted after round {last_round}")
+        self.last_round, self.out_dir, self.resumable = last_round, out_dir, resumable
+
+
 def run(
     scenario: Scenario | str | Path | Mapping[str, Any],
     overrides: Mapping[str, Any] | None = None,
@@ -70,6 +89,7 @@ def run(
     loss: Any = None,
     optimizer: Any = None,
     strategy: Any = None,
+    overwrite: bool = False,
 ) -> RunResult:
     """Run a scenario and (with ``out``) write its results folder.
 
@@ -80,7 +100,8 @@ def run(
     overrides
         ``{"key.path": value}`` applied before validation (as ``--set``).
     out
-        Results folder; nothing is written without it.
+        Results folder; nothing is written without it. It must be empty or new
+        (see :mod:`fedsim.rundir`), unless ``overwrite`` or it is ``resume_from``.
     engine
         Overrides the scenario's engine: ``local``, ``ray`` or ``flower``.
     data_dir
@@ -88,7 +109,7 @@ def run(
     progress
         ``progress(round, num_rounds, latest_server_metrics)`` after every round.
     resume_from
-        A run folder whose checkpoint to continue from (see :mod:`fedsim.checkpoint`).
+        A run folder whose checkpoint to continue from (see :func:`resume`).
     model, dataset, partitioner, loss, optimizer, strategy
         The researcher's own parts, as objects (a model factory, a loader function, a
         partitioner function, a loss function, a ``torch.optim`` class, a Flower
@@ -97,11 +118,16 @@ def run(
         ``client.optimizer`` and ``strategy.name``. Objects that cannot be imported by
         module and name (lambdas, functions in ``__main__``) work on the local engine
         only.
+    overwrite
+        Empty ``out`` first if it holds an earlier fedsim run.
 
     Raises
     ------
     fedsim.errors.FedsimError
-        For invalid scenarios, missing data and other problems the user can fix.
+        For invalid scenarios, missing data, unusable output folders and other
+        problems the user can fix; all before anything is written.
+    RunInterrupted
+        On Ctrl-C or SIGTERM (a ``KeyboardInterrupt``), after the last checkpoint.
     """
     parts = dict(model=model, dataset=dataset, partitioner=partitioner, loss=loss)
     plugged = api_overrides({**parts, "optimizer": optimizer, "strategy": strategy})
@@ -109,39 +135,99 @@ def run(
     if sc.engine != "local":
         for key, ref in plugged.items():
             require_importable(ref, key, sc.engine)
+    preflight.check_scenario(sc)
+    out_dir = Path(out) if out is not None else None
+    resume_dir = Path(resume_from) if resume_from is not None else None
+    own = out_dir is not None and resume_dir is not None and _same(out_dir, resume_dir)
+    if out_dir is not None:
+        rundir.check_target(out_dir, overwrite=overwrite, resume=own)
+    lock = rundir.RunLock(out_dir) if out_dir is not None else None
+    try:
+        if lock is not None and own:  # a second writer is refused before any work
+            lock.acquire()
+        return _run_locked(sc, out_dir, lock, data_dir, progress, resume_dir, overwrite, own)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _same(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
+
+
+def _run_locked(
+    sc: Scenario,
+    out_dir: Path | None,
+    lock: rundir.RunLock | None,
+    data_dir: str | Path | None,
+    progress: ProgressFn | None,
+    resume_dir: Path | None,
+    overwrite: bool,
+    own: bool,
+) -> RunResult:
     config_toml = sc.to_toml()
     run_config = {"scenario": config_toml, "data-dir": str(data_dir or "")}
-    out_dir = Path(out) if out is not None else None
     t0 = time.perf_counter()
-    state = _prepare(sc, run_config, Path(resume_from) if resume_from is not None else None)
+    state = _prepare(sc, run_config, resume_dir)
+    previous = _Previous()
+    if out_dir is not None and lock is not None:
+        if not own:
+            lock.acquire(overwrite=overwrite)
+        else:
+            previous = _Previous.of(out_dir, state.start_round)
+        results.atomic_write_text(out_dir / results.CONFIG, config_toml)
+    done = [state.start_round]
+    last = [time.perf_counter()]
+    scanned = [len(state.recorder.rows)]  # rows before this round: scan only new ones
 
     def on_round(server_round: int, arrays: Any, recorder: Any) -> None:
-        if out_dir is not None and sc.engine != "flower":  # Flower's runs cannot resume
-            checkpoint.save(
-                out_dir,
-                server_round,
-                arrays,
-                state.stack[1],
-                state.accountant,
-                recorder.rows,
-                config_toml,
-            )
+        latest = recorder.latest()
+        if out_dir is not None:
+            if sc.engine != "flower":  # Flower's runs cannot resume
+                checkpoint.save(
+                    out_dir,
+                    server_round,
+                    arrays,
+                    state.stack[1],
+                    state.accountant,
+                    recorder.rows,
+                    config_toml,
+                )
+            now = time.perf_counter()
+            new_rows = recorder.rows[scanned[0] :]
+            scanned[0] = len(recorder.rows)
+            round_metrics = {m: v for r, c, m, v in new_rows if r == server_round and c == "server"}
+            results.append_live_metrics(out_dir, server_round, round_metrics, now - last[0])
+        done[0] = server_round
         if progress is not None:
-            progress(server_round, sc.rounds, recorder.latest())
+            progress(server_round, sc.rounds, latest)
+        last[0] = time.perf_counter()
 
-    execution = _engine(sc.engine)(
-        sc,
-        run_config,
-        on_round=on_round,
-        start_round=state.start_round,
-        arrays=state.arrays,
-        recorder=state.recorder,
-        stack=state.stack,
-    )
+    try:
+        execution = _engine(sc.engine)(
+            sc,
+            run_config,
+            on_round=on_round,
+            start_round=state.start_round,
+            arrays=state.arrays,
+            recorder=state.recorder,
+            stack=state.stack,
+        )
+    except KeyboardInterrupt as exc:
+        resumable = out_dir is not None and sc.engine != "flower"
+        raise RunInterrupted(done[0] if resumable else 0, out_dir, resumable) from exc
     wall = time.perf_counter() - t0
     arrays = {k: np.asarray(v.numpy()) for k, v in execution.arrays.items()}
     frame = results.metrics_frame(execution.recorder.rows)
-    summary = make_summary(sc, frame, wall, execution.wall_time, execution.round_times)
+    summary = make_summary(
+        sc,
+        frame,
+        previous.wall + wall,
+        previous.loop + execution.wall_time,
+        previous.round_times + list(execution.round_times),
+    )
+    if previous.resumed_at is not None:
+        summary["resumed_at_rounds"] = previous.resumed_at
     if out_dir is not None:
         extra: dict[str, bytes] = {}
         if sc.fairness.enabled and sc.fairness.bounds:  # AGLFOP frontier on the run's test rows
@@ -150,6 +236,29 @@ def run(
             extra = run_frontier_files(sc, frame, state.accountant, run_config)
         results.write_run(out_dir, config_toml, frame, arrays, summary, extra_files=extra)
     return RunResult(sc, frame, summary, arrays, out_dir)
+
+
+@dataclass
+class _Previous:
+    """Timings of the rounds a resumed run already did, so its summary covers them all."""
+
+    round_times: list[float] = field(default_factory=list)
+    wall: float = 0.0
+    loop: float = 0.0
+    resumed_at: list[int] | None = None
+
+    @classmethod
+    def of(cls, run_dir: Path, start_round: int) -> _Previous:
+        times = results.truncate_live_metrics(run_dir, start_round)
+        resumed_at = [start_round]
+        wall = loop = sum(times)
+        if (run_dir / results.SUMMARY).is_file():  # a finished run being extended
+            old = results.read_summary(run_dir)
+            times = [float(t) for t in old.get("round_times_s", [])][:start_round]
+            wall = float(old.get("wall_time_s", 0.0))
+            loop = float(old.get("round_loop_time_s", 0.0))
+            resumed_at = [*old.get("resumed_at_rounds", []), start_round]
+        return cls(times, wall, loop, resumed_at)
 
 
 @dataclass
@@ -199,3 +308,71 @@ def _engine(name: str) -> Callable[..., Any]:
 
         return run_flower
     raise ConfigError(f"engine: unknown engine {name!r} (expected local, ray or flower)")
+
+
+def resume(
+    run_dir: str | Path, overrides: Mapping[str, Any] | None = None, **kwargs: Any
+) -> RunResult:
+    """Continue the run checkpointed in ``run_dir``, writing into ``run_dir``.
+
+    The scenario is the one saved with the run; the only override allowed is
+    ``rounds`` above the checkpointed round, which extends the run. Resuming a
+    finished run without it writes nothing and returns the stored results.
+
+    Parameters
+    ----------
+    run_dir
+        A run folder with ``config.toml`` and ``checkpoint.safetensors``.
+    overrides
+        At most ``{"rounds": N}``.
+    **kwargs
+        ``engine``, ``data_dir``, ``progress`` as for :func:`run`.
+
+    Raises
+    ------
+    ConfigError
+        If ``run_dir`` is not a checkpointed run folder, an override other than
+        ``rounds`` is given, or ``rounds`` does not exceed the checkpointed round.
+    """
+    run_dir = Path(run_dir)
+    extra = dict(overrides or {})
+    rounds = extra.pop("rounds", None)
+    ray_address = extra.pop("ray.address", None)  # where to run, not what: allowed
+    if extra:
+        keys = ", ".join(sorted(extra))
+        raise ConfigError(
+            f"--resume continues the saved scenario; only --set rounds=N (to extend it) is "
+            f"allowed, got --set {keys}"
+        )
+    if not (run_dir / results.CONFIG).is_file():
+        raise ConfigError(f"--resume: {run_dir} holds no {results.CONFIG}; is it a run folder?")
+    saved = load_scenario(run_dir / results.CONFIG)
+    header, _ = checkpoint.load(run_dir)
+    done = int(header["round"])
+    if rounds is not None:
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds <= done:
+            raise ConfigError(
+                f"--set rounds: the run in {run_dir} is checkpointed at round {done}; "
+                f"to extend it give more rounds, got {rounds!r}"
+            )
+    elif done >= saved.rounds and (run_dir / results.SUMMARY).is_file():
+        return load_result(run_dir)
+    kwargs.setdefault("out", run_dir)
+    over = {"rounds": rounds} if rounds is not None else {}
+    if ray_address is not None:
+        over["ray.address"] = ray_address
+    return run(run_dir / results.CONFIG, over, resume_from=run_dir, **kwargs)
+
+
+def load_result(run_dir: str | Path) -> RunResult:
+    """The stored results of a finished run (nothing is recomputed or written)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / results.SUMMARY).is_file():
+        raise ConfigError(f"{run_dir}: no {results.SUMMARY}; the run did not finish")
+    return RunResult(
+        load_scenario(run_dir / results.CONFIG),
+        results.read_metrics(run_dir),
+        results.read_summary(run_dir),
+        results.load_weights(run_dir),
+        run_dir,
+    )

@@ -20,7 +20,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +69,12 @@ def run_grid(
     overrides: Mapping[str, Any] | None = None,
     data_dir: str | Path | None = None,
     progress: ProgressFn | None = None,
+    csv_path: str | Path | None = None,
 ) -> pd.DataFrame:
     """Run ``base_scenario`` for every grid combination and every seed.
+
+    Every combination's scenario is validated before the first run, so a bad grid
+    value fails at once rather than after hours of training.
 
     Parameters
     ----------
@@ -89,6 +93,10 @@ def run_grid(
         Dataset folder (default ``FEDSIM_DATA_DIR`` or the user cache).
     progress
         ``progress(done, total, row)`` after every run.
+    csv_path
+        A CSV of the rows so far, rewritten (atomically) after every run. Rows it
+        already holds (same grid values and seed) are not run again, so a sweep that
+        was stopped continues where it stopped.
 
     Returns
     -------
@@ -100,33 +108,77 @@ def run_grid(
     Raises
     ------
     ConfigError
-        If the grid is malformed or a combination is not a valid scenario.
+        If the grid is malformed, a combination is not a valid scenario, or
+        ``csv_path`` holds rows of another grid.
     fedsim.errors.FedsimError
         For any other user error a run meets (e.g. a missing dataset file).
     """
-    from fedsim.runner import run
+    from fedsim.preflight import check_scenario
+    from fedsim.runner import resolve, run
 
     if not seeds:
         raise ConfigError("study: expected at least one seed, got none")
     columns = list(grid)
-    combos = list(itertools.product(*_expand(grid)))
-    total = len(combos) * len(seeds)
-    rows: list[dict[str, Any]] = []
-    for combo in combos:
+    header = [*columns, "seed", *METRIC_COLUMNS]
+    cells = []
+    for combo in itertools.product(*_expand(grid)):
         merged: dict[str, Any] = dict(overrides or {})
         for _, bundle in combo:
             merged.update(bundle)
         labels = {column: value for column, (value, _) in zip(columns, combo, strict=True)}
         for seed in seeds:
-            t0 = time.perf_counter()
-            result = run(base_scenario, {**merged, "seed": int(seed)}, data_dir=data_dir)
-            row = {**labels, "seed": int(seed), **_metrics(result.summary)}
-            row["wall-time-s"] = time.perf_counter() - t0
-            rows.append(row)
-            logger.info("study run %d/%d: %s", len(rows), total, row)
-            if progress is not None:
-                progress(len(rows), total, row)
-    return pd.DataFrame(rows, columns=[*columns, "seed", *METRIC_COLUMNS])
+            cell_overrides = {**merged, "seed": int(seed)}
+            check_scenario(resolve(base_scenario, cell_overrides))  # every cell, up front
+            cells.append(({**labels, "seed": int(seed)}, cell_overrides))
+    csv = Path(csv_path) if csv_path is not None else None
+    done = _finished_rows(csv, header) if csv is not None else {}
+    total = len(cells)
+    rows: list[dict[str, Any]] = []
+    for labels, cell_overrides in cells:
+        key = _row_key(labels, header)
+        if key in done:
+            rows.append(done[key])
+            continue
+        t0 = time.perf_counter()
+        result = run(base_scenario, cell_overrides, data_dir=data_dir)
+        row = {**labels, **_metrics(result.summary)}
+        row["wall-time-s"] = time.perf_counter() - t0
+        rows.append(row)
+        done[key] = row
+        if csv is not None:
+            _write_csv(csv, done.values(), header)
+        logger.info("study run %d/%d: %s", len(rows), total, row)
+        if progress is not None:
+            progress(len(rows), total, row)
+    return pd.DataFrame(rows, columns=header)
+
+
+def _row_key(row: Mapping[str, Any], header: Sequence[str]) -> tuple[str, ...]:
+    return tuple(str(row[c]) for c in header[: header.index("seed") + 1])
+
+
+def _finished_rows(csv: Path, header: list[str]) -> dict[tuple[str, ...], dict[str, Any]]:
+    """Rows an earlier (possibly stopped) sweep wrote to ``csv``, by grid values and seed."""
+    if not csv.exists():
+        return {}
+    try:
+        text = pd.read_csv(csv, dtype=str, keep_default_na=False)
+        typed = pd.read_csv(csv)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise ConfigError(f"--out: {csv} exists but is not a sweep CSV ({exc})") from None
+    if list(text.columns) != header:
+        raise ConfigError(
+            f"--out: {csv} holds another sweep (columns {', '.join(text.columns)}); "
+            "choose another --out"
+        )
+    keys = [_row_key(r, header) for r in text.to_dict("records")]
+    return dict(zip(keys, typed.to_dict("records"), strict=True))
+
+
+def _write_csv(csv: Path, rows: Iterable[Mapping[str, Any]], header: list[str]) -> None:
+    from fedsim.results import atomic_write_text
+
+    atomic_write_text(csv, pd.DataFrame(list(rows), columns=header).to_csv(index=False))
 
 
 def _metrics(summary: Mapping[str, Any]) -> dict[str, float]:

@@ -15,6 +15,13 @@ import pandas as pd
 from fedsim.config import Scenario
 from fedsim.version import __version__
 
+#: Every reply the screening wrapper drops, both phases (``strategies/screening.py``).
+FAILED_REPLY_METRICS = tuple(
+    f"{phase}-{kind}-replies"
+    for phase in ("train", "eval")
+    for kind in ("failed", "nonfinite", "malformed")
+)
+
 
 def make_summary(
     sc: Scenario,
@@ -38,7 +45,7 @@ def make_summary(
     if len(acc):
         i = acc.value.idxmax()
         best = {"eval-acc": float(acc.value[i]), "round": int(acc["round"][i])}
-    failed = server[server.metric.str.endswith("failed-replies")].value.sum()
+    failed = server[server.metric.isin(FAILED_REPLY_METRICS)].value.sum()
     return {
         "scenario": sc.name,
         "engine": sc.engine,

@@ -99,11 +99,7 @@ LAYERS: dict[str, int] = {
 RUNTIME_PACKAGES = ("flwr", "ray")
 #: Cycles someone else is removing, with the owner; each must still exist (so the entry
 #: goes when the cycle does).
-KNOWN_CYCLES: set[frozenset[str]] = {
-    # checkpoint.resume runs the runner, the runner saves checkpoints: the checkpoint
-    # engineer's state-protocol work removes this one.
-    frozenset({"fedsim.checkpoint", "fedsim.runner"}),
-}
+KNOWN_CYCLES: set[frozenset[str]] = set()
 
 
 def _modules() -> dict[str, Path]:
