@@ -88,6 +88,8 @@ LAYERS: dict[str, int] = {
     "fedsim.model_bound": ORCHESTRATION,
     "fedsim": ORCHESTRATION,  # the package __init__: fedsim.run, fedsim.resume
     "fedsim.runner": ORCHESTRATION,
+    "fedsim.rundir": ORCHESTRATION,
+    "fedsim.preflight": ORCHESTRATION,
     "fedsim.checkpoint": ORCHESTRATION,
     "fedsim.study": ORCHESTRATION,
     "fedsim.bounds": ORCHESTRATION,
