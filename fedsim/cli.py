@@ -204,19 +204,36 @@ def _progress(
 
 @app.command("list")
 def list_() -> None:
-    """List datasets, partitioners, strategies, models and losses."""
-    from fedsim.clients.models import MODELS
-    from fedsim.data import METHODS, REGISTRY
+    """List the built-in datasets, partitioners, strategies, models, losses and optimisers,
+    and the signature of each kind of plug-in given by reference ("package.module:attr")."""
+    from fedsim.config import LOSSES, MODELS, OPTIMIZERS, PARTITIONERS, TABULAR_FILES
+    from fedsim.data import REGISTRY
+    from fedsim.plugins import SIGNATURES
     from fedsim.strategies.registry import REGISTRY as STRATEGIES
 
-    typer.echo("datasets:")
+    def plugin(key: str) -> None:
+        typer.echo(f'  or {key} = "package.module:attr": {SIGNATURES[key]}')
+
+    typer.echo("datasets (data.dataset):")
     for info in REGISTRY.values():
         sens = f" [sensitive: {', '.join(info.sensitive)}]" if info.sensitive else ""
         typer.echo(f"  {info.name:<14} {info.description}{sens}")
-    typer.echo("partitioners: " + ", ".join(METHODS))
-    typer.echo("strategies: " + ", ".join(sorted(STRATEGIES)))
-    typer.echo("models: " + ", ".join(MODELS))
-    typer.echo("losses: ce, comp-sum (tau), sum-exp, gce (q), mae; + margin control, adversarial")
+    files = "/".join(TABULAR_FILES)
+    typer.echo(f"  {files:<14} a table file: data.path, data.label, data.sensitive, data.drop")
+    plugin("data.dataset")
+    typer.echo("partitioners (partition.method): " + ", ".join(PARTITIONERS))
+    plugin("partition.method")
+    typer.echo("strategies (strategy.name): " + ", ".join(sorted(STRATEGIES)))
+    plugin("strategy.name")
+    typer.echo("models (model.name): " + ", ".join(MODELS))
+    plugin("model.name")
+    typer.echo(
+        "losses (client.loss.name): " + ", ".join(LOSSES) + "; + margin control, "
+        "adversarial smoothing, FedProx, [client.fairness] penalties"
+    )
+    plugin("client.loss.name")
+    typer.echo("optimisers (client.optimizer): " + ", ".join(OPTIMIZERS))
+    plugin("client.optimizer")
 
 
 @app.command()

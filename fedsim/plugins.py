@@ -154,6 +154,21 @@ API_KEYS = {
 }
 
 
+#: What a plug-in by reference is called with and must return, per scenario key.
+SIGNATURES = {
+    "model.name": "make_net(input_shape, num_classes, **[model.options]) -> torch.nn.Module",
+    "data.dataset": 'load(**[data.options]) -> {"x", "y", "sensitive"?, "group_names"?, '
+    '"class_names"?, "attributes"?}',
+    "partition.method": "fn(labels, sensitive, num_clients, rng, **[partition.options]) "
+    "-> one index array per client",
+    "client.loss.name": "fn(logits, target, **[client.loss.options]) -> scalar tensor",
+    "client.optimizer": "a torch.optim class, e.g. 'torch.optim:AdamW', "
+    "with [client.optimizer_options]",
+    "strategy.name": "a Flower message-API Strategy subclass; [strategy.options] are "
+    "its keyword arguments",
+}
+
+
 def api_overrides(parts: dict[str, Any]) -> dict[str, str]:
     """Scenario overrides for plug-ins passed to ``fedsim.run`` as objects or references."""
     return {API_KEYS[k]: reference_for(v, API_KEYS[k]) for k, v in parts.items() if v is not None}

@@ -69,6 +69,16 @@ def _reply_problem(
     return None
 
 
+def _name_patterns(mean_only: Iterable[str]) -> tuple[str, ...]:
+    """``mean_only`` as a tuple of strings (parameter-name substrings)."""
+    if isinstance(mean_only, str) or not all(isinstance(p, str) for p in mean_only):
+        raise ConfigError(
+            "FedLD mean_only must be a list of parameter-name substrings such as "
+            f'["running_mean", "running_var"], got {mean_only!r}'
+        )
+    return tuple(mean_only)
+
+
 def _check_options(keep_ratio: float, server_lr: float, weighting: str, warmup_rounds: int) -> None:
     if not 0.0 < keep_ratio <= 1.0:
         raise ConfigError(f"FedLD keep_ratio must lie in (0, 1], got {keep_ratio!r}")
@@ -151,7 +161,7 @@ class FedLD(FedAvg):
         self.server_lr = server_lr
         self.weighting = weighting
         self.warmup_rounds = warmup_rounds
-        self.mean_only = tuple(mean_only)
+        self.mean_only = _name_patterns(mean_only)
         self._sent: tuple[int, ArrayRecord] | None = None
 
     def summary(self) -> None:

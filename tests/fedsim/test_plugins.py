@@ -397,3 +397,28 @@ def test_tabular_file_mistakes_name_the_key(tmp_path: Path) -> None:
         sc = load_scenario(DEFAULT, {**base, **over})
         with pytest.raises(ConfigError, match=message):
             build_federated(sc.data, sc.partition, sc.seed)
+
+
+def test_config_name_lists_agree_with_the_registries() -> None:
+    from fedsim.clients.losses import resolve_tau
+    from fedsim.clients.models import build_model
+    from fedsim.config import DATASETS, LOSSES, MODELS
+    from fedsim.data import REGISTRY
+
+    assert set(DATASETS) == set(REGISTRY)
+    for name in LOSSES:
+        resolve_tau(name, tau=1.0, q=0.7)  # every listed loss is one the maths knows
+    for name in MODELS:
+        shape = (1, 8, 8) if name == "cnn" else (4,)
+        assert isinstance(build_model(name, shape, 2), torch.nn.Module)
+
+
+def test_fedsim_list_shows_builtins_and_every_plugin_signature() -> None:
+    from fedsim.plugins import SIGNATURES
+
+    proc = subprocess.run(["fedsim", "list"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for key, signature in SIGNATURES.items():
+        assert f'or {key} = "package.module:attr": {signature}' in proc.stdout
+    for name in ("shard", "natural", "fairfed", "fedld", "csv/parquet", "logreg", "gce"):
+        assert name in proc.stdout

@@ -300,3 +300,9 @@ def test_array_view_falls_back_to_a_copy() -> None:
     array = Array(dtype="float32", shape=(2, 3), stype=Array(value).stype, data=stream.getvalue())
     decoded = array_view(array)
     assert decoded.flags.writeable and np.array_equal(decoded, value)  # np.load's copy
+
+
+@pytest.mark.parametrize("mean_only", [[1, 2], "running_mean", [None]])
+def test_mean_only_that_is_not_a_list_of_names_is_one_config_error(mean_only: object) -> None:
+    with pytest.raises(ConfigError, match="mean_only must be a list of parameter-name"):
+        FedLD(mean_only=mean_only)  # type: ignore[arg-type]
