@@ -88,6 +88,7 @@ LAYERS: dict[str, int] = {
     "fedsim.model_bound": ORCHESTRATION,
     "fedsim": ORCHESTRATION,  # the package __init__: fedsim.run, fedsim.resume
     "fedsim.runner": ORCHESTRATION,
+    "fedsim.sinks": ORCHESTRATION,
     "fedsim.checkpoint": ORCHESTRATION,
     "fedsim.study": ORCHESTRATION,
     "fedsim.bounds": ORCHESTRATION,
