@@ -189,6 +189,22 @@ class FaultsConfig:
     byzantine_scale: float = field(default=10.0, metadata=_range(-1e6, 1e6))
 
 
+SINKS = ("jsonl", "tensorboard", "mlflow")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where per-round metrics go besides the run folder's own files (live metrics.csv)."""
+
+    # jsonl: metrics.jsonl (every row, clients too); tensorboard: event files in
+    # tensorboard/ (extra fedsim[tensorboard]); mlflow: one MLflow run (extra fedsim[mlflow])
+    sinks: tuple[str, ...] = field(default=(), metadata=_named(*SINKS))
+    tensorboard_clients: bool = False  # also one scalar per client and metric
+    # empty: $MLFLOW_TRACKING_URI, else an SQLite store in the run folder (mlflow.db)
+    mlflow_tracking_uri: str = ""
+    mlflow_experiment: str = "fedsim"
+
+
 @dataclass(frozen=True)
 class EvaluationConfig:
     """Server-side evaluation on one global test set, beside the clients' own tests."""
@@ -237,6 +253,7 @@ class Scenario:
     strategy: StrategyConfig = StrategyConfig()
     fairness: FairnessConfig = FairnessConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    output: OutputConfig = OutputConfig()
     faults: FaultsConfig = FaultsConfig()
     ray: RayConfig = RayConfig()
 
@@ -405,6 +422,9 @@ def _convert(tp: Any, value: Any, path: str, fld: dataclasses.Field) -> Any:
     if origin is tuple and get_args(tp)[0] is str:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{path}: expected a list of strings, got {_describe(value)}")
+        names = fld.metadata.get("names")
+        if names is not None and (bad := [v for v in value if v not in names]):
+            raise ConfigError(f"{path}: expected names from {', '.join(names)}, got {bad[0]!r}")
         return tuple(value)
     if origin is tuple:
         if not isinstance(value, list) or not all(

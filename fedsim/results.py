@@ -126,6 +126,11 @@ def _jsonable(obj: Any) -> Any:
 # ----------------------------------------------------------------- live metrics
 
 LIVE_METRICS = "metrics.csv"
+# Written by the sinks of [output] sinks (fedsim.sinks).
+JSONL = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+MLFLOW_DB = "mlflow.db"
+MLFLOW_RUN_ID = "mlflow_run_id.txt"
 LIVE_HEADER = "round,metric,value\n"
 ROUND_TIME = "round-time-s"
 

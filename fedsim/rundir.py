@@ -16,6 +16,7 @@ import errno
 import fcntl
 import os
 import re
+import shutil
 from pathlib import Path
 from types import TracebackType
 
@@ -31,6 +32,9 @@ RUN_FILES = frozenset(
         results.MODEL,
         results.SUMMARY,
         results.LIVE_METRICS,
+        results.JSONL,
+        results.MLFLOW_DB,
+        results.MLFLOW_RUN_ID,
         "checkpoint.safetensors",  # fedsim.checkpoint.CHECKPOINT (that module imports flwr)
         "frontier.csv",
         "frontier.json",
@@ -42,6 +46,10 @@ _RUN_PATTERNS = (re.compile(r"report_[a-z_]+\.csv"), re.compile(r"\..+\.tmp"))
 _SYSTEM_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
 
 
+#: Folders fedsim writes into a run folder (the TensorBoard sink's event files).
+RUN_DIRS = frozenset({results.TENSORBOARD_DIR})
+
+
 def is_run_file(name: str) -> bool:
     """Whether ``name`` is a file fedsim writes into a run folder."""
     return name in RUN_FILES or any(p.fullmatch(name) for p in _RUN_PATTERNS)
@@ -51,7 +59,9 @@ def looks_like_run(folder: Path) -> bool:
     """A folder holding a ``config.toml`` and nothing but files fedsim writes."""
     entries = list(folder.iterdir())
     return (folder / results.CONFIG).is_file() and all(
-        e.is_file() and not e.is_symlink() and is_run_file(e.name) for e in entries
+        not e.is_symlink()
+        and ((e.is_file() and is_run_file(e.name)) or (e.is_dir() and e.name in RUN_DIRS))
+        for e in entries
     )
 
 
@@ -159,6 +169,8 @@ class RunLock:
             for entry in self.folder.iterdir():
                 if entry.name != LOCK and is_run_file(entry.name):
                     entry.unlink()
+                elif entry.name in RUN_DIRS and entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
         return self
 
     def release(self) -> None:

@@ -17,6 +17,7 @@ from fedsim.engine.core import RunRecorder, build_stack, initial_arrays
 from fedsim.errors import ConfigError
 from fedsim.plugins import api_overrides, require_importable
 from fedsim.runtime import get_runtime
+from fedsim.sinks import RoundCallback, RoundPublisher, check_sinks
 from fedsim.summary import make_summary
 
 if TYPE_CHECKING:  # imported lazily: it brings in cvxpy
@@ -90,6 +91,7 @@ def run(
     optimizer: Any = None,
     strategy: Any = None,
     overwrite: bool = False,
+    on_round: RoundCallback | None = None,
 ) -> RunResult:
     """Run a scenario and (with ``out``) write its results folder.
 
@@ -120,6 +122,10 @@ def run(
         only.
     overwrite
         Empty ``out`` first if it holds an earlier fedsim run.
+    on_round
+        ``on_round(round, frame)`` after every round, with that round's long-form rows
+        (server and clients) as a DataFrame: the route to W&B or any other tracker.
+        ``[output] sinks`` name the built-in ones (jsonl, TensorBoard, MLflow).
 
     Raises
     ------
@@ -137,6 +143,7 @@ def run(
             require_importable(ref, key, sc.engine)
     preflight.check_scenario(sc)
     out_dir = Path(out) if out is not None else None
+    check_sinks(sc.output, out_dir)
     resume_dir = Path(resume_from) if resume_from is not None else None
     own = out_dir is not None and resume_dir is not None and _same(out_dir, resume_dir)
     if out_dir is not None:
@@ -145,7 +152,8 @@ def run(
     try:
         if lock is not None and own:  # a second writer is refused before any work
             lock.acquire()
-        return _run_locked(sc, out_dir, lock, data_dir, progress, resume_dir, overwrite, own)
+        hooks = _Hooks(progress, on_round)
+        return _run_locked(sc, out_dir, lock, data_dir, hooks, resume_dir, overwrite, own)
     finally:
         if lock is not None:
             lock.release()
@@ -160,7 +168,7 @@ def _run_locked(
     out_dir: Path | None,
     lock: rundir.RunLock | None,
     data_dir: str | Path | None,
-    progress: ProgressFn | None,
+    hooks: _Hooks,
     resume_dir: Path | None,
     overwrite: bool,
     own: bool,
@@ -176,12 +184,16 @@ def _run_locked(
         else:
             previous = _Previous.of(out_dir, state.start_round)
         results.atomic_write_text(out_dir / results.CONFIG, config_toml)
+    publisher = RoundPublisher(sc, out_dir, hooks.on_round, state.start_round)
     done = [state.start_round]
     last = [time.perf_counter()]
     scanned = [len(state.recorder.rows)]  # rows before this round: scan only new ones
+    published = [len(state.recorder.rows)]
 
-    def on_round(server_round: int, arrays: Any, recorder: Any) -> None:
+    def after_round(server_round: int, arrays: Any, recorder: Any) -> None:
         latest = recorder.latest()
+        new_rows = recorder.rows[published[0] :]
+        published[0] = len(recorder.rows)
         if out_dir is not None:
             if sc.engine != "flower":  # Flower's runs cannot resume
                 checkpoint.save(
@@ -199,23 +211,28 @@ def _run_locked(
             round_metrics = {m: v for r, c, m, v in new_rows if r == server_round and c == "server"}
             results.append_live_metrics(out_dir, server_round, round_metrics, now - last[0])
         done[0] = server_round
-        if progress is not None:
-            progress(server_round, sc.rounds, latest)
+        publisher.publish(server_round, new_rows)
+        if hooks.progress is not None:
+            hooks.progress(server_round, sc.rounds, latest)
         last[0] = time.perf_counter()
 
+    finished = False
     try:
         execution = _engine(sc.engine)(
             sc,
             run_config,
-            on_round=on_round,
+            on_round=after_round,
             start_round=state.start_round,
             arrays=state.arrays,
             recorder=state.recorder,
             stack=state.stack,
         )
+        finished = True
     except KeyboardInterrupt as exc:
         resumable = out_dir is not None and sc.engine != "flower"
         raise RunInterrupted(done[0] if resumable else 0, out_dir, resumable) from exc
+    finally:
+        publisher.close(finished)
     wall = time.perf_counter() - t0
     arrays = {k: np.asarray(v.numpy()) for k, v in execution.arrays.items()}
     frame = results.metrics_frame(execution.recorder.rows)
@@ -236,6 +253,14 @@ def _run_locked(
             extra = run_frontier_files(sc, frame, state.accountant, run_config)
         results.write_run(out_dir, config_toml, frame, arrays, summary, extra_files=extra)
     return RunResult(sc, frame, summary, arrays, out_dir)
+
+
+@dataclass(frozen=True)
+class _Hooks:
+    """What the caller wants after every round."""
+
+    progress: ProgressFn | None
+    on_round: RoundCallback | None
 
 
 @dataclass

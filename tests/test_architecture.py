@@ -90,6 +90,7 @@ LAYERS: dict[str, int] = {
     "fedsim.runner": ORCHESTRATION,
     "fedsim.rundir": ORCHESTRATION,
     "fedsim.preflight": ORCHESTRATION,
+    "fedsim.sinks": ORCHESTRATION,
     "fedsim.checkpoint": ORCHESTRATION,
     "fedsim.study": ORCHESTRATION,
     "fedsim.bounds": ORCHESTRATION,
