@@ -256,6 +256,13 @@ def sweep(
         ),
     ] = None,
     data_dir: DataDirOpt = None,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", help="Runs at once, in separate processes.")
+    ] = 1,
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray-address", help="Run each cell as a Ray task on this cluster."),
+    ] = None,
 ) -> None:
     """Run a scenario over a grid of overrides and seeds; print final accuracy mean ± std."""
     from fedsim.config import parse_value
@@ -289,6 +296,8 @@ def sweep(
         data_dir=data_dir,
         progress=report,
         csv_path=out,
+        jobs=jobs,
+        ray_address=ray_address,
     )
     keys = list(table)
     summary = summarise(frame, "eval-acc", by=keys)

@@ -19,8 +19,12 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import multiprocessing
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +74,8 @@ def run_grid(
     data_dir: str | Path | None = None,
     progress: ProgressFn | None = None,
     csv_path: str | Path | None = None,
+    jobs: int = 1,
+    ray_address: str | None = None,
 ) -> pd.DataFrame:
     """Run ``base_scenario`` for every grid combination and every seed.
 
@@ -97,6 +103,16 @@ def run_grid(
         A CSV of the rows so far, rewritten (atomically) after every run. Rows it
         already holds (same grid values and seed) are not run again, so a sweep that
         was stopped continues where it stopped.
+    jobs
+        Cells run at once in separate processes on this machine (1: one after another
+        in this process). Each run's intra-op threads are set so that the jobs share
+        the machine's cores rather than oversubscribe them.
+    ray_address
+        Run each cell as a Ray task on this cluster instead (``"local"`` starts a
+        private Ray instance); every node needs the same environment and data path.
+
+    Rows are the same whichever way the cells run (each run is seeded by its scenario
+    alone); the CSV lists finished rows in grid order as they finish.
 
     Returns
     -------
@@ -114,7 +130,7 @@ def run_grid(
         For any other user error a run meets (e.g. a missing dataset file).
     """
     from fedsim.preflight import check_scenario
-    from fedsim.runner import resolve, run
+    from fedsim.runner import resolve
 
     if not seeds:
         raise ConfigError("study: expected at least one seed, got none")
@@ -127,30 +143,149 @@ def run_grid(
             merged.update(bundle)
         labels = {column: value for column, (value, _) in zip(columns, combo, strict=True)}
         for seed in seeds:
-            cell_overrides = {**merged, "seed": int(seed)}
-            check_scenario(resolve(base_scenario, cell_overrides))  # every cell, up front
-            cells.append(({**labels, "seed": int(seed)}, cell_overrides))
+            cell = resolve(base_scenario, {**merged, "seed": int(seed)})
+            check_scenario(cell)  # every cell, up front
+            cells.append(({**labels, "seed": int(seed)}, cell))
+    if jobs < 1:
+        raise ConfigError(f"--jobs: expected at least 1, got {jobs}")
     csv = Path(csv_path) if csv_path is not None else None
     done = _finished_rows(csv, header) if csv is not None else {}
-    total = len(cells)
-    rows: list[dict[str, Any]] = []
-    for labels, cell_overrides in cells:
-        key = _row_key(labels, header)
-        if key in done:
-            rows.append(done[key])
-            continue
-        t0 = time.perf_counter()
-        result = run(base_scenario, cell_overrides, data_dir=data_dir)
-        row = {**labels, **_metrics(result.summary)}
-        row["wall-time-s"] = time.perf_counter() - t0
-        rows.append(row)
+    order = [_row_key(labels, header) for labels, _ in cells]
+    todo = [
+        (key, labels, cell)
+        for key, (labels, cell) in zip(order, cells, strict=True)
+        if key not in done
+    ]
+    finished = [len(cells) - len(todo)]
+
+    def record(key: tuple[str, ...], labels: dict[str, Any], outcome: _Outcome) -> None:
+        row = {**labels, **_metrics(outcome.summary), "wall-time-s": outcome.wall}
         done[key] = row
-        if csv is not None:
-            _write_csv(csv, done.values(), header)
-        logger.info("study run %d/%d: %s", len(rows), total, row)
+        if csv is not None:  # every finished row, in grid order
+            _write_csv(csv, [done[k] for k in order if k in done], header)
+        finished[0] += 1
+        logger.info("study run %d/%d: %s", finished[0], len(cells), row)
         if progress is not None:
-            progress(len(rows), total, row)
-    return pd.DataFrame(rows, columns=header)
+            progress(finished[0], len(cells), row)
+
+    if ray_address is not None or jobs > 1:
+        _check_parallel(todo)
+    if ray_address is not None:
+        _run_on_ray(todo, ray_address, data_dir, record)
+    elif jobs > 1:
+        _run_in_processes(todo, jobs, data_dir, record)
+    else:
+        for key, labels, sc in todo:
+            record(key, labels, _run_cell(sc.to_dict(), data_dir))
+    return pd.DataFrame([done[k] for k in order], columns=header)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    summary: dict[str, Any]
+    wall: float
+
+
+def _run_cell(scenario: Mapping[str, Any], data_dir: str | Path | None) -> _Outcome:
+    """One sweep cell (a fully resolved scenario), here or in a worker process."""
+    from fedsim.runner import run
+
+    t0 = time.perf_counter()
+    result = run(scenario, data_dir=data_dir)
+    return _Outcome(result.summary, time.perf_counter() - t0)
+
+
+Record = Callable[[tuple[str, ...], dict[str, Any], _Outcome], None]
+Cells = Sequence[tuple[tuple[str, ...], dict[str, Any], Scenario]]
+
+
+def _check_parallel(todo: Cells) -> None:
+    from fedsim.plugins import OBJECT_PREFIX
+
+    for _, labels, sc in todo:
+        if sc.engine != "local":
+            raise ConfigError(
+                f"--jobs/--ray-address run each sweep cell on the local engine; cell {labels} "
+                f"asks for engine = {sc.engine!r}"
+            )
+        refs = (
+            sc.model.name,
+            sc.data.dataset,
+            sc.partition.method,
+            sc.client.loss.name,
+            sc.client.optimizer,
+            sc.strategy.name,
+        )
+        if any(ref.startswith(OBJECT_PREFIX) for ref in refs):
+            raise ConfigError(
+                "--jobs/--ray-address: a Python object passed to fedsim cannot reach other "
+                "processes; use a module reference 'package.module:attr'"
+            )
+
+
+def _threads_per_job(jobs: int) -> int:
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def _run_in_processes(todo: Cells, jobs: int, data_dir: str | Path | None, record: Record) -> None:
+    """Cells in ``jobs`` spawned processes; each run gets its share of the cores."""
+    threads = _threads_per_job(jobs)
+    context = multiprocessing.get_context("spawn")  # no forked torch/Ray state
+    saved = {k: os.environ.get(k) for k in _THREAD_VARIABLES}
+    os.environ.update({k: str(threads) for k in _THREAD_VARIABLES})  # inherited at spawn
+    try:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            futures = {
+                pool.submit(_run_cell, _with_threads(sc, threads), data_dir): (key, labels)
+                for key, labels, sc in todo
+            }
+            for future in as_completed(futures):
+                record(*futures[future], future.result())
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def _with_threads(sc: Scenario, threads: int) -> dict[str, Any]:
+    """The cell's scenario with PyTorch's intra-op threads capped at ``threads``."""
+    table = sc.to_dict()
+    table["threads"] = min(sc.threads or threads, threads)
+    return table
+
+
+def _run_on_ray(todo: Cells, address: str, data_dir: str | Path | None, record: Record) -> None:
+    """Each cell as a Ray task (one CPU) on the cluster at ``address``."""
+    # Imported when asked for: Ray's import alone costs seconds.
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        # Workers of a cluster started elsewhere need the data path and plug-in modules.
+        env = {k: os.environ[k] for k in ("FEDSIM_DATA_DIR", "PYTHONPATH") if os.environ.get(k)}
+        ray.init(
+            address=None if address == "local" else address,
+            runtime_env={"env_vars": env} if env else None,
+            logging_level=logging.WARNING,
+        )
+    try:
+        task = ray.remote(num_cpus=1)(_run_cell)
+        pending = {
+            task.remote(_with_threads(sc, 1), str(data_dir) if data_dir else None): (key, labels)
+            for key, labels, sc in todo
+        }
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                record(*pending.pop(ref), ray.get(ref))
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def _row_key(row: Mapping[str, Any], header: Sequence[str]) -> tuple[str, ...]:
