@@ -118,7 +118,7 @@ def test_accuracy_and_disparity_tables_match_the_metrics(fair_report: Path) -> N
     acc = pd.read_csv(fair_report / TABLE_FILES["accuracy"])
     assert acc["round"].tolist() == list(range(1, FAIR["rounds"] + 1))
     np.testing.assert_array_equal(acc["eval-acc"], _server(fair_report, "eval-acc").to_numpy())
-    np.testing.assert_array_equal(acc["acc-group-1"], _server(fair_report, "acc-group-1"))
+    np.testing.assert_array_equal(acc["accuracy-1"], _server(fair_report, "accuracy-1"))
     dis = pd.read_csv(fair_report / TABLE_FILES["disparity"])
     for metric in ("global-disparity", "local-disparity", "unique", "redundant", "masked"):
         np.testing.assert_array_equal(dis[metric], _server(fair_report, metric).to_numpy())
