@@ -5,8 +5,9 @@ partitioning (:func:`fedsim.data.federated.holdout_rows`); after every round the
 server evaluates the aggregated model on them, as Flower's ``evaluate_fn`` would, and
 records ``global-acc``, ``global-loss`` and, with a sensitive attribute, fairlearn's
 group metrics prefixed ``global-`` (``global-demographic_parity_difference``,
-``global-accuracy-<group name>``, ...; :func:`fedsim.fairness.metrics.table_metrics`). The same rows serve every
-strategy and every scenario seed of a dataset, so runs compare on equal terms.
+``global-accuracy-<group name>``, ...; :func:`fedsim.fairness.metrics.table_metrics`).
+The same rows serve every strategy and every scenario seed of a dataset, so runs
+compare on equal terms.
 """
 
 from __future__ import annotations
