@@ -132,7 +132,15 @@ def _bootstrap(
     totals = flat.sum(axis=1).astype(np.int64)
     pvals = flat / flat.sum(axis=1, keepdims=True)
     draws = rng.multinomial(totals, pvals, size=(resamples, shape[0]))
-    table = _batched(draws.reshape(resamples * shape[0], *shape[1:]).astype(np.float64))
+    draws = draws.reshape(resamples * shape[0], *shape[1:]).astype(np.float64)
+    zyhat = draws.sum(axis=2)  # only what the intervals need: ~3x cheaper than _batched
+    classes = min(shape[2:])
+    correct = np.trace(draws[:, :, :classes, :classes], axis1=2, axis2=3).sum(axis=1)
+    table = {
+        DISPARITY: _mutual_information(zyhat) if shape[1] > 1 else np.zeros(len(draws)),
+        fm.DEMOGRAPHIC_PARITY_DIFFERENCE: _rate_spread(zyhat),
+        fm.ACCURACY: correct / np.maximum(zyhat.sum(axis=(1, 2)), 1.0),
+    }
     two_groups = (counts.sum(axis=(2, 3)) > 0).sum(axis=1) >= 2
     tail = (1.0 - COVERAGE) / 2
     out = {}

@@ -213,7 +213,8 @@ def clients_figure(
     drawn = np.nan_to_num(heights)
     ax.bar(x[ok], drawn[ok], color="#4c72b0", label="client I(Z;Ŷ)")
     if (~ok).any():
-        ax.bar(x[~ok], drawn[~ok], color="#bbbbbb", hatch="//", label="flagged: few rows or one group")
+        flagged = "flagged: few rows or one group"
+        ax.bar(x[~ok], drawn[~ok], color="#bbbbbb", hatch="//", label=flagged)
     if {"disparity-ci-low", "disparity-ci-high"} <= set(order.columns):
         low = order["disparity-ci-low"].to_numpy(dtype=float)
         high = order["disparity-ci-high"].to_numpy(dtype=float)

@@ -94,6 +94,8 @@ LAYERS: dict[str, int] = {
     "fedsim.study": ORCHESTRATION,
     "fedsim.bounds": ORCHESTRATION,
     "fedsim.report_run": ORCHESTRATION,
+    "fedsim.report_figures": ORCHESTRATION,
+    "fedsim.predictions": ORCHESTRATION,
     "fedsim.cli": ORCHESTRATION,
     "fedsim.deploy": ORCHESTRATION,
 }
