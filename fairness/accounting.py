@@ -8,51 +8,51 @@ From them :func:`round_fairness` computes
 
 * global disparity I(Z;Ŷ) and local disparity I(Z;Ŷ|S), in bits;
 * their decomposition Uni/Red/Syn (:func:`fedsim.fairness.pid.decompose`);
-* statistical-parity and equalized-odds differences and per-group accuracy of the
-  pooled table;
+* fairlearn's group metrics of the pooled table (:mod:`fedsim.fairness.metrics`);
+* client-level performance fairness as q-FFL (Li et al., ICLR 2020) reports it: the
+  worst client's accuracy and the spread (max − min, standard deviation) of the
+  clients' accuracies, every client weighing the same;
 
-and :func:`client_fairness` each client's own I(Z;Ŷ), SPD, EOD and group accuracies.
-Pure numpy maths: the Flower wrapper that collects the tables every round is
-:class:`fedsim.strategies.fairness_accounting.FairnessAccounting`.
+and :func:`client_fairness` each client's own I(Z;Ŷ), group metrics and bootstrap
+confidence intervals. Pure numpy maths: the Flower wrapper that collects the tables
+every round is :class:`fedsim.strategies.fairness_accounting.FairnessAccounting`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from fedsim.fairness import metrics as fm
+from fedsim.fairness.client_metrics import CLIENT_CI_METRICS, DISPARITY, client_fairness
 from fedsim.fairness.information import conditional_mutual_information, mutual_information
-from fedsim.fairness.metrics import (
-    equalized_odds_difference,
-    group_accuracy,
-    statistical_parity_difference,
-)
 from fedsim.fairness.pid import CLOSED_FORM, decompose
 from numpy.typing import NDArray
 
 from fedsim.errors import DataError, SolverError
 
 __all__ = [
+    "CLIENT_CI_METRICS",
+    "DISPARITY",
     "RoundFairness",
     "client_fairness",
     "pool_counts",
     "round_fairness",
 ]
 
-# Server-level metric names (rows with client "server").
+# Server-level metric names (rows with client "server"); fairlearn's names are in
+# fedsim.fairness.metrics.
 GLOBAL_DISPARITY = "global-disparity"
 LOCAL_DISPARITY = "local-disparity"
 UNIQUE = "unique"
 REDUNDANT = "redundant"
 MASKED = "masked"
-SPD = "spd"
-EOD = "eod"
 PID_SOLVED = "pid-solved"
-ACC_GROUP = "acc-group-"  # + the group index z
-# Per-client metric names (rows with client str(partition id)).
-DISPARITY = "disparity"
+WORST_CLIENT_ACCURACY = "worst-client-accuracy"
+CLIENT_ACCURACY_SPREAD = "client-accuracy-spread"  # max - min over clients
+CLIENT_ACCURACY_STD = "client-accuracy-std"  # population std over clients
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,9 @@ class RoundFairness:
     """Fairness of one round's pooled counts; disparities and PID terms in bits.
 
     ``unique``, ``redundant`` and ``masked`` are NaN when the PID was not asked for
-    or could not be solved (``pid_status`` says which).
+    or could not be solved (``pid_status`` says which). ``group`` holds the pooled
+    table's fairlearn metrics (:func:`fedsim.fairness.metrics.table_metrics`) and
+    ``clients`` the client-level accuracy statistics (worst, spread, std).
     """
 
     global_disparity: float
@@ -69,9 +71,8 @@ class RoundFairness:
     redundant: float
     masked: float
     pid_status: str  # cvxpy status, "closed-form", "skipped" or "failed: ..."
-    spd: float
-    eod: float
-    group_accuracy: dict[int, float] = field(default_factory=dict)
+    group: dict[str, float] = field(default_factory=dict)
+    clients: dict[str, float] = field(default_factory=dict)
 
     @property
     def pid_solved(self) -> bool:
@@ -83,9 +84,7 @@ class RoundFairness:
         if with_pid:
             out |= {UNIQUE: self.unique, REDUNDANT: self.redundant, MASKED: self.masked}
             out[PID_SOLVED] = float(self.pid_solved)
-        out |= {SPD: self.spd, EOD: self.eod}
-        out |= {f"{ACC_GROUP}{z}": acc for z, acc in self.group_accuracy.items()}
-        return out
+        return out | self.group | self.clients
 
 
 def pool_counts(tables: Iterable[NDArray]) -> NDArray[np.int64]:
@@ -105,8 +104,39 @@ def pool_counts(tables: Iterable[NDArray]) -> NDArray[np.int64]:
     return np.stack(tables)
 
 
-def round_fairness(counts: NDArray, *, pid: bool = True) -> RoundFairness:
-    """Disparities, PID, SPD, EOD and group accuracy of pooled counts ``[s, z, y, yhat]``.
+def client_accuracy_spread(counts: NDArray) -> dict[str, float]:
+    """Worst client accuracy and the spread of client accuracies (q-FFL's measures).
+
+    Parameters
+    ----------
+    counts : numpy.ndarray
+        Pooled counts ``[s, z, y, yhat]``; clients with no samples are left out.
+
+    Returns
+    -------
+    dict of str to float
+        ``worst-client-accuracy`` (min), ``client-accuracy-spread`` (max − min) and
+        ``client-accuracy-std`` (population standard deviation), every client weighing
+        the same; empty when no client has samples.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    totals = counts.sum(axis=(1, 2, 3))
+    classes = min(counts.shape[2:])
+    correct = np.trace(counts[:, :, :classes, :classes], axis1=2, axis2=3).sum(axis=1)
+    acc = correct[totals > 0] / totals[totals > 0]
+    if acc.size == 0:
+        return {}
+    return {
+        WORST_CLIENT_ACCURACY: float(acc.min()),
+        CLIENT_ACCURACY_SPREAD: float(acc.max() - acc.min()),
+        CLIENT_ACCURACY_STD: float(acc.std()),
+    }
+
+
+def round_fairness(
+    counts: NDArray, *, pid: bool = True, group_names: Sequence[str] | None = None
+) -> RoundFairness:
+    """Disparities, PID, group metrics and client accuracy spread of ``[s, z, y, yhat]``.
 
     Parameters
     ----------
@@ -115,6 +145,8 @@ def round_fairness(counts: NDArray, *, pid: bool = True) -> RoundFairness:
         client weights P(S=k) are the clients' sample shares.
     pid : bool, default True
         Decompose I(Z;Ŷ,S) into unique, redundant and masked disparity.
+    group_names : sequence of str, optional
+        Name of each group ``z`` in the per-group metric names (default its index).
 
     Returns
     -------
@@ -131,22 +163,20 @@ def round_fairness(counts: NDArray, *, pid: bool = True) -> RoundFairness:
     if counts.ndim != 4:
         raise DataError(f"pooled counts must be 4-D [s, z, y, yhat], got shape {counts.shape}")
     joint = counts.sum(axis=2).transpose(1, 2, 0)  # [z, yhat, s]
-    table = counts.sum(axis=0)  # [z, y, yhat]
-    spd, eod = statistical_parity_difference(table), equalized_odds_difference(table)
-    accs = group_accuracy(table)
+    group = fm.table_metrics(counts.sum(axis=0), group_names)
+    spread = client_accuracy_spread(counts)
     nan = math.nan
     if joint.shape[0] == 1:  # no sensitive attribute: nothing to disclose
-        return RoundFairness(0.0, 0.0, 0.0, 0.0, 0.0, CLOSED_FORM, spd, eod, accs)
+        return RoundFairness(0.0, 0.0, 0.0, 0.0, 0.0, CLOSED_FORM, group, spread)
     global_bits = mutual_information(joint.sum(axis=2))
     local_bits = conditional_mutual_information(joint)
     if not pid:
-        return RoundFairness(global_bits, local_bits, nan, nan, nan, "skipped", spd, eod, accs)
+        return RoundFairness(global_bits, local_bits, nan, nan, nan, "skipped", group, spread)
     try:
         res = decompose(joint)
     except SolverError as exc:
-        return RoundFairness(
-            global_bits, local_bits, nan, nan, nan, f"failed: {exc}", spd, eod, accs
-        )
+        status = f"failed: {exc}"
+        return RoundFairness(global_bits, local_bits, nan, nan, nan, status, group, spread)
     return RoundFairness(
         res.global_disparity,
         res.local_disparity,
@@ -154,69 +184,6 @@ def round_fairness(counts: NDArray, *, pid: bool = True) -> RoundFairness:
         res.redundant,
         res.masked,
         res.status,
-        spd,
-        eod,
-        accs,
+        group,
+        spread,
     )
-
-
-def client_fairness(counts: NDArray) -> list[dict[str, float]]:
-    """Each client's own disparity I(Z;Ŷ) in bits, SPD, EOD and group accuracies.
-
-    The same quantities as :mod:`fedsim.fairness.information` and :mod:`fedsim.fairness.metrics`
-    compute for one table, batched over clients: one call per client costs more
-    than the whole round's PID solve once there are tens of clients.
-
-    Parameters
-    ----------
-    counts : numpy.ndarray
-        Pooled counts ``[s, z, y, yhat]``; every client has a positive total.
-
-    Returns
-    -------
-    list of dict of str to float
-        Per client ``s``: ``disparity``, ``spd``, ``eod`` and ``acc-group-<z>`` for
-        every group the client has samples of.
-    """
-    counts = np.asarray(counts, dtype=np.float64)
-    num_clients, num_groups, num_classes = counts.shape[:3]
-    zyhat = counts.sum(axis=2)  # [s, z, yhat]
-    disparity = _batched_mutual_information(zyhat) if num_groups > 1 else np.zeros(num_clients)
-    spd = _batched_rate_spread(zyhat)
-    by_label = counts.transpose(0, 2, 1, 3).reshape(-1, num_groups, counts.shape[3])
-    eod = _batched_rate_spread(by_label).reshape(num_clients, num_classes).max(axis=1)
-    group_totals = counts.sum(axis=(2, 3))
-    classes = min(counts.shape[2:])
-    correct = np.trace(counts[:, :, :classes, :classes], axis1=2, axis2=3)
-    out = []
-    for k in range(num_clients):
-        row = {DISPARITY: float(disparity[k]), SPD: float(spd[k]), EOD: float(eod[k])}
-        for z in np.flatnonzero(group_totals[k] > 0):
-            row[f"{ACC_GROUP}{z}"] = float(correct[k, z] / group_totals[k, z])
-        out.append(row)
-    return out
-
-
-def _batched_mutual_information(joint: NDArray) -> NDArray:
-    """I(X;Y) in bits of every table ``joint[b, x, y]`` (each with a positive total)."""
-    p = joint / joint.sum(axis=(1, 2), keepdims=True)
-    p_x = np.broadcast_to(p.sum(axis=2, keepdims=True), p.shape)
-    p_y = np.broadcast_to(p.sum(axis=1, keepdims=True), p.shape)
-    mask = p > 0
-    terms = np.zeros_like(p)
-    terms[mask] = p[mask] * (np.log(p[mask]) - np.log(p_x[mask]) - np.log(p_y[mask]))
-    return np.maximum(terms.sum(axis=(1, 2)), 0.0) / math.log(2)
-
-
-def _batched_rate_spread(counts: NDArray) -> NDArray:
-    """Per batch entry of ``counts[b, group, yhat]``: max over ŷ of the spread of P(ŷ|group).
-
-    As :mod:`fedsim.fairness.metrics` defines it: groups without samples are skipped, so
-    fewer than two groups with samples give 0.
-    """
-    totals = counts.sum(axis=2)
-    present = totals > 0
-    rates = counts / np.where(present, totals, 1.0)[:, :, None]
-    high = np.where(present[:, :, None], rates, -np.inf).max(axis=1)
-    low = np.where(present[:, :, None], rates, np.inf).min(axis=1)
-    return (high - low).max(axis=1, initial=0.0, where=np.isfinite(high))

@@ -1,10 +1,12 @@
-"""Figures of the fairness report as inline SVG strings (matplotlib, no pyplot state).
+"""Figures of the fairness report (matplotlib, no pyplot state).
 
-Every figure is drawn on a fresh :class:`matplotlib.figure.Figure` and saved as SVG with
-text as paths (no fonts needed to view it). The XML prologue, the DOCTYPE, the metadata
-block and the namespace declarations are stripped — an ``<svg>`` element inside HTML
-gets its namespace from the HTML parser — so the markup holds no external reference,
-and element ids are prefixed per figure so several figures can share one page.
+Every ``*_figure`` function draws on a fresh :class:`matplotlib.figure.Figure`, legends
+outside the data; the ``*_svg`` functions render it for inlining in the HTML report:
+SVG with text as paths (no fonts needed to view it), the XML prologue, the DOCTYPE, the
+metadata block and the namespace declarations stripped — an ``<svg>`` element inside
+HTML gets its namespace from the HTML parser — so the markup holds no external
+reference, and element ids are prefixed per figure so several figures can share one
+page. Standalone SVG and PDF files of the same figures are :mod:`fedsim.fairness.figures`.
 """
 
 from __future__ import annotations
@@ -21,9 +23,22 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullLocator
 
-__all__ = ["accuracy_svg", "clients_svg", "disparity_svg", "frontier_svg", "to_inline_svg"]
+__all__ = [
+    "accuracy_figure",
+    "accuracy_svg",
+    "clients_figure",
+    "clients_svg",
+    "disparity_figure",
+    "disparity_svg",
+    "frontier_figure",
+    "frontier_svg",
+    "outside_legend",
+    "to_inline_svg",
+]
 
 _RC: dict[Any, Any] = {"svg.fonttype": "path", "svg.hashsalt": "fedsim-report", "font.size": 9.0}
+GROUP_ACCURACY = "accuracy-"  # per-group accuracy columns: accuracy-<group name>
+WORST_CLIENT = "worst-client-accuracy"
 _PID_COLOURS = {"unique": "#4c72b0", "redundant": "#dd8452", "masked": "#55a868"}
 _PID_LABELS = {"unique": "Uni (unique)", "redundant": "Red (redundant)", "masked": "Syn (masked)"}
 _STRIP = (
@@ -89,69 +104,163 @@ def _entropy_scale(ax: Axes, entropy_z: float | None) -> None:
     scale.set_ylabel(f"% of H(Z) = {entropy_z:.3f} bits")
 
 
-def accuracy_svg(table: pd.DataFrame) -> str:
-    """Test accuracy per round (and per-group accuracy when accounted)."""
-    fig, (ax,) = _figure(7.0, 3.0)
+def outside_legend(fig: Figure, axes: Sequence[Axes], ncols: int = 3) -> None:
+    """One legend for every labelled artist of ``axes``, below the plots (off the data)."""
+    handles, labels = [], []
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=ncols, fontsize=8)
+
+
+def accuracy_figure(table: pd.DataFrame) -> Figure:
+    """Test accuracy per round, per-group accuracy (``accuracy-<group>``) and the worst
+    client's accuracy when recorded."""
+    fig, (ax,) = _figure(7.0, 3.4)
     rounds = table["round"]
     ax.plot(rounds, table["eval-acc"], marker="o", lw=2, label="accuracy (pooled test)")
-    for col in sorted(c for c in table.columns if c.startswith("acc-group-")):
-        ax.plot(rounds, table[col], ls="--", marker=".", label=f"group z={col.rsplit('-', 1)[1]}")
+    for col in sorted(c for c in table.columns if c.startswith(GROUP_ACCURACY)):
+        ax.plot(rounds, table[col], ls="--", marker=".", label=col[len(GROUP_ACCURACY) :])
+    if WORST_CLIENT in table.columns and table[WORST_CLIENT].notna().any():
+        ax.plot(
+            rounds, table[WORST_CLIENT], ls=":", marker="v", color="#c44e52", label="worst client"
+        )
     ax.set(xlabel="round", ylabel="accuracy", title="Test accuracy per round")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(loc="lower right", fontsize=8)
-    return to_inline_svg(fig, "accuracy")
+    outside_legend(fig, [ax], ncols=4)
+    return fig
 
 
-def disparity_svg(table: pd.DataFrame, *, entropy_z: float | None = None) -> str:
-    """Global/local disparity per round, and the stacked PID terms per round.
+def accuracy_svg(table: pd.DataFrame) -> str:
+    """:func:`accuracy_figure` as inline SVG."""
+    return to_inline_svg(accuracy_figure(table), "accuracy")
 
-    ``entropy_z`` (bits) adds a percent-of-H(Z) scale to every bits axis.
+
+def disparity_figure(table: pd.DataFrame, *, entropy_z: float | None = None) -> Figure:
+    """Global/local disparity per round and, per round, the PID as two stacked bars.
+
+    The left bar is global disparity = Uni + Red, the right one local = Uni + Syn, so each
+    bar's height is the quantity it decomposes. ``entropy_z`` (bits) adds a
+    percent-of-H(Z) scale to every bits axis.
     """
     has_pid = {"unique", "redundant", "masked"} <= set(table.columns) and bool(
         table[["unique", "redundant", "masked"]].notna().any().any()
     )
-    fig, axes = _figure(10.0 if has_pid else 7.0, 3.2, cols=2 if has_pid else 1)
+    fig, axes = _figure(10.0 if has_pid else 7.0, 3.6, cols=2 if has_pid else 1)
     rounds = table["round"].to_numpy()
     ax = axes[0]
     ax.plot(rounds, table["global-disparity"], marker="o", label="global I(Z;Ŷ)")
     ax.plot(rounds, table["local-disparity"], marker="s", label="local I(Z;Ŷ|S)")
     ax.set(xlabel="round", ylabel="bits", title="Global and local disparity")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(fontsize=8)
     _entropy_scale(ax, entropy_z)
     if has_pid:
         ax = axes[1]
-        bottom = np.zeros(len(rounds))
-        for term in ("unique", "redundant", "masked"):
-            values = table[term].fillna(0.0).to_numpy()
-            ax.bar(rounds, values, bottom=bottom, color=_PID_COLOURS[term], label=_PID_LABELS[term])
-            bottom += values
-        ax.set(xlabel="round", ylabel="bits", title="PID: Uni + Red = global, Uni + Syn = local")
+        unique = table["unique"].fillna(0.0).to_numpy()
+        width = 0.38
+        for offset, other in ((-width / 2, "redundant"), (width / 2, "masked")):
+            x = rounds + offset
+            ax.bar(x, unique, width, color=_PID_COLOURS["unique"], label=_PID_LABELS["unique"])
+            ax.bar(
+                x,
+                table[other].fillna(0.0).to_numpy(),
+                width,
+                bottom=unique,
+                color=_PID_COLOURS[other],
+                label=_PID_LABELS[other],
+            )
+        ax.set(
+            xlabel="round (left bar: global = Uni + Red; right bar: local = Uni + Syn)",
+            ylabel="bits",
+            title="PID of the disparities per round",
+        )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylim(0, 1.3 * max(float(bottom.max()), 1e-6))  # room for the legend
-        ax.legend(fontsize=8, ncols=3, loc="upper center")
         _entropy_scale(ax, entropy_z)
-    return to_inline_svg(fig, "disparity")
+    outside_legend(fig, axes, ncols=5)
+    return fig
+
+
+def disparity_svg(table: pd.DataFrame, *, entropy_z: float | None = None) -> str:
+    """:func:`disparity_figure` as inline SVG."""
+    return to_inline_svg(disparity_figure(table, entropy_z=entropy_z), "disparity")
+
+
+def clients_figure(
+    final: pd.DataFrame, global_disparity: float | None, *, entropy_z: float | None = None
+) -> Figure:
+    """Each client's own disparity ``I(Z;Ŷ)`` in the final round, with n and intervals.
+
+    ``final`` holds ``client``, ``disparity``, optionally ``disparity-ci-low``/``-high``,
+    ``num-examples-evaluate`` and ``flag`` (empty for a client large enough to rank).
+    Ranked clients come first, tallest bar first, with their bootstrap interval; flagged
+    clients follow in grey, hatched, and a client without two groups shows "n/a"
+    instead of a bar. Every bar carries its test-set size n.
+    """
+    frame = final.copy()
+    if "flag" not in frame.columns:
+        frame["flag"] = ""
+    ranked = frame[frame["flag"] == ""].sort_values("disparity", ascending=False)
+    flagged = frame[frame["flag"] != ""]
+    order = pd.concat([ranked, flagged])
+    width = min(14.0, max(6.0, 0.3 * len(order)))
+    fig, (ax,) = _figure(width, 3.6)
+    x = np.arange(len(order))
+    heights = order["disparity"].to_numpy(dtype=float)
+    ok = (order["flag"] == "").to_numpy()
+    drawn = np.nan_to_num(heights)
+    ax.bar(x[ok], drawn[ok], color="#4c72b0", label="client I(Z;Ŷ)")
+    if (~ok).any():
+        flagged = "flagged: few rows or one group"
+        ax.bar(x[~ok], drawn[~ok], color="#bbbbbb", hatch="//", label=flagged)
+    if {"disparity-ci-low", "disparity-ci-high"} <= set(order.columns):
+        low = order["disparity-ci-low"].to_numpy(dtype=float)
+        high = order["disparity-ci-high"].to_numpy(dtype=float)
+        has = np.isfinite(low) & np.isfinite(high)
+        below, above = np.clip(drawn - low, 0, None), np.clip(high - drawn, 0, None)
+        ax.errorbar(
+            x[has],
+            drawn[has],
+            yerr=[below[has], above[has]],
+            fmt="none",
+            ecolor="black",
+            elinewidth=0.8,
+            capsize=2,
+            label="95% bootstrap interval",
+        )
+    if global_disparity is not None and np.isfinite(global_disparity):
+        ax.axhline(global_disparity, color="#c44e52", ls="--", label="global I(Z;Ŷ)")
+    highs = order.get("disparity-ci-high", pd.Series(dtype=float)).to_numpy(dtype=float)
+    top = float(np.nanmax(np.r_[drawn, highs[np.isfinite(highs)], 1e-6]))
+    sizes = order.get("num-examples-evaluate", pd.Series([np.nan] * len(order)))
+    for xi, h, n, value in zip(x, drawn, sizes.to_numpy(dtype=float), heights, strict=True):
+        text = "n/a" if not np.isfinite(value) else (f"n={int(n)}" if np.isfinite(n) else "")
+        ax.annotate(
+            text,
+            (xi, h),
+            xytext=(0, 2),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=6,
+            rotation=90 if len(order) > 12 else 0,
+        )
+    ax.set_ylim(0, 1.25 * top)
+    labels = order["client"].astype(str).tolist()
+    ax.set_xticks(x, labels, fontsize=7 if len(labels) > 20 else 9)
+    ax.set(xlabel="client (partition id)", ylabel="bits", title="Per-client disparity, final round")
+    _entropy_scale(ax, entropy_z)
+    outside_legend(fig, [ax], ncols=2)
+    return fig
 
 
 def clients_svg(
     final: pd.DataFrame, global_disparity: float | None, *, entropy_z: float | None = None
 ) -> str:
-    """Bar chart of each client's own disparity ``I(Z;Ŷ)`` in the final round.
-
-    ``entropy_z`` (bits) adds a percent-of-H(Z) scale to the bits axis.
-    """
-    width = min(12.0, max(6.0, 0.25 * len(final)))
-    fig, (ax,) = _figure(width, 3.0)
-    labels = final["client"].astype(str).tolist()
-    ax.bar(range(len(labels)), final["disparity"], color="#4c72b0", label="client I(Z;Ŷ)")
-    if global_disparity is not None and np.isfinite(global_disparity):
-        ax.axhline(global_disparity, color="#c44e52", ls="--", label="global I(Z;Ŷ)")
-    ax.set_xticks(range(len(labels)), labels, fontsize=7 if len(labels) > 20 else 9)
-    ax.set(xlabel="client (partition id)", ylabel="bits", title="Per-client disparity, final round")
-    ax.legend(fontsize=8)
-    _entropy_scale(ax, entropy_z)
-    return to_inline_svg(fig, "clients")
+    """:func:`clients_figure` as inline SVG."""
+    return to_inline_svg(clients_figure(final, global_disparity, entropy_z=entropy_z), "clients")
 
 
 def frontier_svg(
@@ -162,11 +271,23 @@ def frontier_svg(
     prefix: str = "frontier",
     label: str = "best accuracy (AGLFOP)",
 ) -> str:
+    """:func:`frontier_figure` as inline SVG, its ids prefixed with ``prefix``."""
+    fig = frontier_figure(frontier, achieved, entropy_z=entropy_z, label=label)
+    return to_inline_svg(fig, prefix)
+
+
+def frontier_figure(
+    frontier: pd.DataFrame,
+    achieved: Mapping[str, float] | None,
+    *,
+    entropy_z: float | None = None,
+    label: str = "best accuracy (AGLFOP)",
+) -> Figure:
     """Contours of the AGLFOP optimum over (eps_global, eps_local), with the model marked.
 
     ``achieved`` holds ``accuracy``, ``global_disparity`` and ``local_disparity``;
-    ``entropy_z`` (bits) is drawn on both budget axes as their scale; ``prefix`` names
-    the figure's element ids (unique per page) and ``label`` the colour bar.
+    ``entropy_z`` (bits) is drawn on both budget axes as their scale; ``label`` names
+    the colour bar.
     """
     grid = frontier.pivot_table(index="eps_local", columns="eps_global", values="accuracy")
     g, loc = grid.columns.to_numpy(float), grid.index.to_numpy(float)
@@ -202,12 +323,11 @@ def frontier_svg(
     if has_scale and len(g) >= 2 and len(loc) >= 2:
         ax.axvline(h_z, color="#c44e52", ls=":", lw=1.2, label=f"H(Z) = {h_z:.3f} bits")
         ax.axhline(h_z, color="#c44e52", ls=":", lw=1.2)
-    if achieved is not None or has_scale:
-        ax.legend(loc="upper left", fontsize=8, framealpha=0.9)
+    outside_legend(fig, [ax], ncols=2)
     unit = f"bits; H(Z) = {h_z:.3f}" if has_scale else "bits"
     ax.set(xlabel=f"global budget ε_g ({unit})", ylabel=f"local budget ε_l ({unit})")
     ax.set_title("Best accuracy with I(Z;Ŷ) ≤ ε_g and I(Z;Ŷ|S) ≤ ε_l")
-    return to_inline_svg(fig, prefix)
+    return fig
 
 
 def _levels(values: np.ndarray) -> np.ndarray:

@@ -28,11 +28,12 @@ from __future__ import annotations
 import html
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from fedsim.fairness.report_bounds import frontier_section, gap_sentence, model_section
 from fedsim.fairness.report_tables import (
+    MIN_CLIENT_ROWS,
     NO_FAIRNESS,
     TABLE_FILES,
     AchievedPoint,
@@ -42,6 +43,9 @@ from fedsim.fairness.report_tables import (
     report_tables,
     table_html,
 )
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "SECTIONS",
@@ -68,11 +72,13 @@ SECTIONS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class Report:
-    """The HTML page and the tables it shows (keys of :data:`TABLE_FILES`)."""
+    """The HTML page, the tables it shows (keys of :data:`TABLE_FILES`) and its figures
+    (by file stem, for :func:`fedsim.fairness.figures.standalone_svg` and ``pdf_bytes``)."""
 
     html: str
     tables: dict[str, pd.DataFrame]
     achieved: AchievedPoint | None
+    figures: dict[str, Figure]
 
 
 def _overview(inputs: ReportInputs, achieved: AchievedPoint | None) -> str:
@@ -87,6 +93,8 @@ def _overview(inputs: ReportInputs, achieved: AchievedPoint | None) -> str:
         ("rounds", s.get("rounds", "")),
         ("seed", s.get("seed", "")),
         ("final accuracy", _fmt(final.get("eval-acc"))),
+        ("final worst-client accuracy", _fmt(final.get("worst-client-accuracy"))),
+        ("final client accuracy spread (max − min)", _fmt(final.get("client-accuracy-spread"))),
         ("final global disparity (bits)", _fmt(final.get("global-disparity"))),
         ("final local disparity (bits)", _fmt(final.get("local-disparity"))),
         ("wall time (s)", s.get("wall_time_s", "")),
@@ -123,9 +131,19 @@ def build_report(inputs: ReportInputs) -> Report:
     achieved = achieved_point(inputs.metrics)
     tables = report_tables(inputs, achieved)
     parts: dict[str, str] = {"overview": _overview(inputs, achieved)}
+    figures: dict[str, Figure] = {}
 
     if "accuracy" in tables and not tables["accuracy"].empty:
-        parts["accuracy"] = plots.accuracy_svg(tables["accuracy"]) + table_html(tables["accuracy"])
+        figures["accuracy"] = plots.accuracy_figure(tables["accuracy"])
+        parts["accuracy"] = (
+            note(
+                "Pooled test accuracy, accuracy per sensitive group, and client-level "
+                "performance fairness as q-FFL reports it: the worst client's accuracy and "
+                "the spread (max − min, standard deviation) of the clients' accuracies."
+            )
+            + plots.to_inline_svg(figures["accuracy"], "accuracy")
+            + table_html(tables["accuracy"])
+        )
     else:
         parts["accuracy"] = note("The run recorded no evaluation accuracy (eval-acc).")
 
@@ -136,21 +154,38 @@ def build_report(inputs: ReportInputs) -> Report:
                 "test splits; PID of I(Z;Ŷ,S): unique + redundant = global, unique + masked "
                 "= local."
             )
-            + plots.disparity_svg(tables["disparity"], entropy_z=inputs.entropy_z_bits)
+            + _inline(
+                figures,
+                "disparity",
+                plots.disparity_figure(tables["disparity"], entropy_z=inputs.entropy_z_bits),
+            )
             + table_html(tables["disparity"])
         )
     else:
         parts["disparity"] = note(NO_FAIRNESS)
 
-    parts["clients"] = _clients_section(tables.get("clients"), achieved, inputs.entropy_z_bits)
-    parts["model"] = model_section(inputs, achieved)
-    parts["frontier"] = frontier_section(inputs, tables, achieved)
+    parts["clients"] = _clients_section(
+        tables.get("clients"), achieved, inputs.entropy_z_bits, figures
+    )
+    parts["model"] = model_section(inputs, achieved, figures)
+    parts["frontier"] = frontier_section(inputs, tables, achieved, figures)
     page = _page(inputs, parts)
-    return Report(page, tables, achieved)
+    return Report(page, tables, achieved, figures)
+
+
+def _inline(figures: dict[str, Figure], name: str, fig: Figure) -> str:
+    """Keep ``fig`` as the report's figure ``name`` and return it as inline SVG."""
+    from fedsim.fairness import plots
+
+    figures[name] = fig
+    return plots.to_inline_svg(fig, name)
 
 
 def _clients_section(
-    table: pd.DataFrame | None, achieved: AchievedPoint | None, entropy_z_bits: float
+    table: pd.DataFrame | None,
+    achieved: AchievedPoint | None,
+    entropy_z_bits: float,
+    figures: dict[str, Figure],
 ) -> str:
     from fedsim.fairness import plots
 
@@ -160,15 +195,26 @@ def _clients_section(
     if "disparity" not in last.columns or last["disparity"].isna().all():
         return note(NO_FAIRNESS + " Per-client accuracy, final round:") + table_html(last)
     global_bits = achieved.global_disparity if achieved is not None else None
+    ranked = last[last["flag"] == ""].sort_values("disparity", ascending=False)
+    flagged = last[last["flag"] != ""]
     intro = note(
-        f"Each client's own disparity I(Z;Ŷ) on its test split (bits), statistical-parity "
-        f"(spd) and equalized-odds (eod) differences and group accuracies, round "
-        f"{int(last['round'].iloc[0])}. All rounds are in {TABLE_FILES['clients']}."
+        f"Each client's own disparity I(Z;Ŷ) on its test split (bits) with its 95% "
+        f"bootstrap interval and test-set size n, fairlearn's demographic-parity and "
+        f"equalized-odds differences and ratios, and per-group rates, round "
+        f"{int(last['round'].iloc[0])}. Clients with fewer than {MIN_CLIENT_ROWS} test rows "
+        "or without both sensitive groups are flagged, not ranked: their numbers say "
+        "little, and a client holding one group has no disparity at all (n/a), which is "
+        f"not the same as fair. All rounds are in {TABLE_FILES['clients']}."
     )
-    figure = plots.clients_svg(
-        last.dropna(subset=["disparity"]), global_bits, entropy_z=entropy_z_bits
+    figure = _inline(
+        figures,
+        "clients",
+        plots.clients_figure(last, global_bits, entropy_z=entropy_z_bits),
     )
-    return intro + figure + table_html(last)
+    out = intro + figure + f"<h3>Ranked clients ({len(ranked)})</h3>" + table_html(ranked)
+    if len(flagged):
+        out += f"<h3>Flagged clients ({len(flagged)}), not ranked</h3>" + table_html(flagged)
+    return out
 
 
 _STYLE = """

@@ -94,8 +94,12 @@ def _scale_note(entropy_z_bits: float) -> str:
     )
 
 
-def model_section(inputs: ReportInputs, achieved: AchievedPoint | None) -> str:
-    """The model-specific frontier, the model's point and its gap (or why it is absent)."""
+def model_section(
+    inputs: ReportInputs, achieved: AchievedPoint | None, figures: dict[str, Any] | None = None
+) -> str:
+    """The model-specific frontier, the model's point and its gap (or why it is absent).
+
+    ``figures`` receives the frontier figure as ``"model-frontier"``."""
     from fedsim.fairness import plots
 
     if inputs.model_frontier is None or inputs.model_bound is None:
@@ -115,21 +119,28 @@ def model_section(inputs: ReportInputs, achieved: AchievedPoint | None) -> str:
         "hull cannot meet." + _scale_note(inputs.entropy_z_bits)
     )
     model = dict(inputs.model_bound.get("model", {}) or {})
-    figure = plots.frontier_svg(
+    fig = plots.frontier_figure(
         inputs.model_frontier,
         model or None,
         entropy_z=inputs.entropy_z_bits,
-        prefix="model-frontier",
         label="best accuracy (model's ROC hull)",
     )
+    if figures is not None:
+        figures["model-frontier"] = fig
+    figure = plots.to_inline_svg(fig, "model-frontier")
     verdict = f'<p class="gap">{html.escape(model_gap_sentence(inputs.model_bound))}</p>'
     return intro + figure + verdict + _budget_table(inputs.model_frontier)
 
 
 def frontier_section(
-    inputs: ReportInputs, tables: Mapping[str, pd.DataFrame], achieved: AchievedPoint | None
+    inputs: ReportInputs,
+    tables: Mapping[str, pd.DataFrame],
+    achieved: AchievedPoint | None,
+    figures: dict[str, Any] | None = None,
 ) -> str:
-    """The model-agnostic frontier, the achieved point and its gap (or why it is absent)."""
+    """The model-agnostic frontier, the achieved point and its gap (or why it is absent).
+
+    ``figures`` receives the frontier figure as ``"frontier"``."""
     from fedsim.fairness import plots
 
     if inputs.frontier is None:
@@ -148,7 +159,10 @@ def frontier_section(
         + _scale_note(inputs.entropy_z_bits)
     )
     point = None if achieved is None else achieved.as_dict()
-    figure = plots.frontier_svg(frontier, point, entropy_z=inputs.entropy_z_bits)
+    fig = plots.frontier_figure(frontier, point, entropy_z=inputs.entropy_z_bits)
+    if figures is not None:
+        figures["frontier"] = fig
+    figure = plots.to_inline_svg(fig, "frontier")
     if achieved is not None:
         best_unconstrained = float(frontier["accuracy"].max())
         sentence = gap_sentence(achieved, inputs.bound, best_unconstrained)

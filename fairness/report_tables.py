@@ -14,9 +14,17 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
+from fedsim.fairness import metrics as fm
+from fedsim.fairness.accounting import (
+    CLIENT_ACCURACY_SPREAD,
+    CLIENT_ACCURACY_STD,
+    WORST_CLIENT_ACCURACY,
+)
 
 __all__ = [
+    "MIN_CLIENT_ROWS",
     "NO_FAIRNESS",
     "TABLE_FILES",
     "AchievedPoint",
@@ -36,9 +44,32 @@ TABLE_FILES: dict[str, str] = {
     "frontier": "report_frontier.csv",
     "achieved": "report_achieved.csv",
 }
-_ACCURACY = ("eval-acc", "eval-loss", "train-loss")
-_DISPARITY = ("global-disparity", "local-disparity", "unique", "redundant", "masked", "spd", "eod")
-_CLIENT = ("eval-acc", "eval-loss", "num-examples-evaluate", "disparity", "spd", "eod")
+_SPREAD = (WORST_CLIENT_ACCURACY, CLIENT_ACCURACY_SPREAD, CLIENT_ACCURACY_STD)
+_ACCURACY = ("eval-acc", "eval-loss", "train-loss", *_SPREAD)
+_FAIRLEARN = (
+    fm.DEMOGRAPHIC_PARITY_DIFFERENCE,
+    fm.DEMOGRAPHIC_PARITY_RATIO,
+    fm.EQUALIZED_ODDS_DIFFERENCE,
+    fm.EQUALIZED_ODDS_RATIO,
+)
+_DISPARITY = ("global-disparity", "local-disparity", "unique", "redundant", "masked", *_FAIRLEARN)
+_N = "num-examples-evaluate"
+_CLIENT = (
+    "eval-acc",
+    "accuracy-ci-low",
+    "accuracy-ci-high",
+    _N,
+    "disparity",
+    "disparity-ci-low",
+    "disparity-ci-high",
+    *_FAIRLEARN,
+    f"{fm.DEMOGRAPHIC_PARITY_DIFFERENCE}-ci-low",
+    f"{fm.DEMOGRAPHIC_PARITY_DIFFERENCE}-ci-high",
+    "eval-loss",
+)
+_GROUP_PREFIXES = tuple(f"{m}-" for m in fm.PER_GROUP)
+#: Clients with fewer test rows than this are flagged, not ranked, in the report.
+MIN_CLIENT_ROWS = 30
 #: Note shown where a section needs fairness accounting the run did not have.
 NO_FAIRNESS = (
     "This run has no fairness accounting (<code>fairness.enabled = false</code>), so its "
@@ -144,7 +175,10 @@ def report_tables(inputs: ReportInputs, achieved: AchievedPoint | None) -> dict[
     wide = _server(inputs.metrics)
     tables: dict[str, pd.DataFrame] = {}
     if "eval-acc" in wide.columns:
-        tables["accuracy"] = _pick(wide, _ACCURACY, "acc-group-").dropna(subset=["eval-acc"])
+        if not set(_SPREAD) & set(wide.columns):
+            wide = wide.merge(_client_spread(inputs.metrics), on="round", how="left")
+        table = _pick(wide, _ACCURACY, "accuracy-").dropna(subset=["eval-acc"])
+        tables["accuracy"] = table.reset_index(drop=True)
     if {"global-disparity", "local-disparity"} <= set(wide.columns):
         table = _pick(wide, _DISPARITY).dropna(subset=["global-disparity"])
         tables["disparity"] = table.reset_index(drop=True)
@@ -174,9 +208,38 @@ def report_tables(inputs: ReportInputs, achieved: AchievedPoint | None) -> dict[
     return tables
 
 
+def _client_spread(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Worst client accuracy, max − min and population std per round, from the clients'
+    own ``eval-acc`` rows (runs without fairness accounting record no server value)."""
+    frame = metrics[(metrics["client"].astype(str) != "server") & (metrics["metric"] == "eval-acc")]
+    grouped = frame.groupby("round")["value"]
+    out = pd.DataFrame(
+        {
+            WORST_CLIENT_ACCURACY: grouped.min(),
+            CLIENT_ACCURACY_SPREAD: grouped.max() - grouped.min(),
+            CLIENT_ACCURACY_STD: grouped.std(ddof=0),
+        }
+    )
+    return out.reset_index().astype({"round": "int64"})
+
+
+def client_flag(n: float, disparity: float, fairness: bool) -> str:
+    """Why a client is not ranked in the report ("" when it is).
+
+    Fewer than :data:`MIN_CLIENT_ROWS` test rows say too little; with fairness
+    accounting, a NaN disparity means the client's test split lacks a sensitive group.
+    """
+    reasons = []
+    if not (isinstance(n, float | int) and np.isfinite(n) and n >= MIN_CLIENT_ROWS):
+        reasons.append(f"fewer than {MIN_CLIENT_ROWS} test rows")
+    if fairness and not np.isfinite(disparity):
+        reasons.append("lacks a sensitive group (n/a)")
+    return "; ".join(reasons)
+
+
 def _clients(metrics: pd.DataFrame) -> pd.DataFrame | None:
     frame = metrics[metrics["client"].astype(str) != "server"]
-    frame = frame[frame["metric"].isin(_CLIENT) | frame["metric"].str.startswith("acc-group-")]
+    frame = frame[frame["metric"].isin(_CLIENT) | frame["metric"].str.startswith(_GROUP_PREFIXES)]
     if frame.empty:
         return None
     wide = frame.pivot_table(
@@ -185,12 +248,19 @@ def _clients(metrics: pd.DataFrame) -> pd.DataFrame | None:
     wide.columns = [str(c) for c in wide.columns]
     wide["client"] = wide["client"].astype(str)
     order = [c for c in _CLIENT if c in wide.columns]
-    order += sorted(c for c in wide.columns if c.startswith("acc-group-"))
+    order += [c for p in _GROUP_PREFIXES for c in sorted(wide.columns) if c.startswith(p)]
+    order = list(dict.fromkeys(order))
     key = pd.to_numeric(wide["client"], errors="coerce")
     wide = wide.assign(_key=key).sort_values(["round", "_key", "client"]).drop(columns="_key")
-    if "num-examples-evaluate" in wide.columns:
-        wide["num-examples-evaluate"] = wide["num-examples-evaluate"].round().astype("Int64")
-    return wide[["round", "client", *order]].reset_index(drop=True)
+    fairness = "disparity" in wide.columns
+    n = wide[_N] if _N in wide.columns else pd.Series(np.nan, index=wide.index)
+    disparity = wide["disparity"] if fairness else pd.Series(0.0, index=wide.index)
+    wide["flag"] = [
+        client_flag(float(a), float(b), fairness) for a, b in zip(n, disparity, strict=True)
+    ]
+    if _N in wide.columns:
+        wide[_N] = wide[_N].round().astype("Int64")
+    return wide[["round", "client", *order, "flag"]].reset_index(drop=True)
 
 
 def table_html(frame: pd.DataFrame, digits: int = 4) -> str:

@@ -309,8 +309,10 @@ def write_report(
     grid: int | None = None,
     data_dir: str | Path | None = None,
     progress: ProgressFn | None = None,
+    figures: str | Path | None = None,
 ) -> ReportFiles:
-    """Write ``RUN_DIR/report.html`` and the report's CSV tables.
+    """Write ``RUN_DIR/report.html`` and the report's CSV tables (and with ``figures``,
+    every figure as standalone SVG and PDF in that folder).
 
     The frontier is the one stored with the run (``frontier.csv``); a fairness run
     without one (``fairness.bounds = false``), or a ``grid`` other than the stored one,
@@ -360,6 +362,10 @@ def write_report(
         results.atomic_write_text(written[key], table.to_csv(index=False))
     html_path = path / "report.html"
     results.atomic_write_text(html_path, report.html)
+    if figures is not None:
+        from fedsim.report_figures import write_figures
+
+        write_figures(report.figures, figures)
     return ReportFiles(html_path, written, computed)
 
 

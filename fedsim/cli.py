@@ -386,13 +386,27 @@ def report(
     ] = None,
     data_dir: DataDirOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    figures: Annotated[
+        Path | None,
+        typer.Option("--figures", help="Also write every figure as standalone SVG and PDF here."),
+    ] = None,
 ) -> None:
-    """Write RUN_DIR/report.html (self-contained) and the report's CSV tables."""
-    from fedsim.bounds import progress_bar, write_report
+    """Write RUN_DIR/report.html (self-contained) and the report's CSV tables.
 
+    RUN_DIR may also be a sweep's CSV (or a folder with runs.csv): then the comparison
+    figure across its runs (mean ± std over seeds) is written instead.
+    """
+    from fedsim.bounds import progress_bar, write_report
+    from fedsim.report_figures import sweep_csv, write_sweep_figures
+
+    if (csv := sweep_csv(run_dir)) is not None:
+        typer.echo("wrote " + ", ".join(map(str, write_sweep_figures(csv, figures))))
+        return
     stop, update = progress_bar(console, quiet)
     try:
-        files = write_report(run_dir, grid=grid, data_dir=data_dir, progress=update)
+        files = write_report(
+            run_dir, grid=grid, data_dir=data_dir, progress=update, figures=figures
+        )
     finally:
         stop()
     tables = ", ".join(p.name for p in files.tables.values())

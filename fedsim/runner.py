@@ -35,11 +35,40 @@ class RunResult:
     summary: dict[str, Any]
     arrays: dict[str, np.ndarray]  # final global weights
     out_dir: Path | None = None
+    run_config: Mapping[str, str] | None = None  # what get_runtime rebuilds the data from
 
     def server_metrics(self) -> pd.DataFrame:
         """Server-level metrics, one row per round and one column per metric."""
         frame = self.metrics[self.metrics.client == "server"]
         return frame.pivot_table(index="round", columns="metric", values="value")
+
+    def predictions(self) -> pd.DataFrame:
+        """The final model's prediction for every client's every test row (fairlearn-ready).
+
+        Computed here, in the driver process, from the final weights and the data rebuilt
+        from the scenario (the clients' rows never travel), so it costs one forward pass
+        over all test rows; nothing is computed unless asked. In a deployment the driver
+        needs the data to call it (opt-in).
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per evaluated example: ``client`` (partition id), ``y_true``,
+            ``y_pred`` (the arg-max class, as the clients evaluate), ``sensitive`` (group
+            index) and ``group`` (its name), e.g. for
+            ``fairlearn.metrics.MetricFrame(..., y_true=df.y_true, y_pred=df.y_pred,
+            sensitive_features=df.group)``.
+
+        Raises
+        ------
+        ConfigError
+            If the result carries no scenario to rebuild the data from.
+        """
+        from fedsim.predictions import predictions
+
+        if self.run_config is None:
+            raise ConfigError("predictions: this RunResult has no run config to rebuild data from")
+        return predictions(self.run_config, self.arrays)
 
 
 def resolve(
@@ -252,7 +281,7 @@ def _run_locked(
 
             extra = run_frontier_files(sc, frame, state.accountant, run_config)
         results.write_run(out_dir, config_toml, frame, arrays, summary, extra_files=extra)
-    return RunResult(sc, frame, summary, arrays, out_dir)
+    return RunResult(sc, frame, summary, arrays, out_dir, run_config)
 
 
 @dataclass(frozen=True)

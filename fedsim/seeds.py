@@ -36,3 +36,4 @@ class Stream(IntEnum):
     PARTITION_SIZE = 15  # partition: linear / square / exponential row draw
     PARTITION_PLUGIN = 16  # partition: the rng handed to a user's partitioner
     HOLDOUT = 17  # data: the global test rows (with evaluation.holdout_seed, not the seed)
+    BOOTSTRAP = 18  # fairness accounting: per-client bootstrap resamples (per round)

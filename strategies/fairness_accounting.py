@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,6 +26,7 @@ from flwr.serverapp.strategy import Strategy
 from numpy.typing import NDArray
 
 from fedsim.errors import DataError
+from fedsim.seeds import Stream
 
 __all__ = [
     "ClientTable",
@@ -103,10 +104,17 @@ class FairnessAccounting(StrategyWrapper):
         Any Flower message-API strategy; its hooks and summary are called unchanged.
     recorder
         Receives the per-client rows ``(round, str(partition id), metric, value)``
-        (names ``disparity``, ``spd``, ``eod``, ``acc-group-<z>``); none are kept
-        without it.
+        (:func:`fedsim.fairness.client_metrics.client_fairness`: ``disparity``,
+        fairlearn's differences and ratios, ``accuracy-<group>``, ``selection_rate-<group>``
+        ..., and bootstrap intervals); none are kept without it.
     pid
         Decompose the disparities into unique, redundant and masked parts.
+    group_names
+        The sensitive groups' names (``RawDataset.group_names``), used in the per-group
+        metric names (``selection_rate-Female``); default the group index.
+    seed
+        The scenario seed: each round's bootstrap resamples are drawn from
+        ``(seed, Stream.BOOTSTRAP, round)``.
 
     Attributes
     ----------
@@ -121,10 +129,20 @@ class FairnessAccounting(StrategyWrapper):
         included), summed over rounds.
     """
 
-    def __init__(self, inner: Strategy, *, recorder: MetricSink | None = None, pid: bool = True):
+    def __init__(
+        self,
+        inner: Strategy,
+        *,
+        recorder: MetricSink | None = None,
+        pid: bool = True,
+        group_names: Sequence[str] | None = None,
+        seed: int = 0,
+    ):
         super().__init__(inner)
         self.recorder = recorder
         self.pid = pid
+        self.group_names = tuple(group_names) if group_names is not None else None
+        self.seed = seed
         self.counts_history: dict[int, NDArray[np.int64]] = {}
         self.partition_history: dict[int, list[int]] = {}
         self.history: dict[int, RoundFairness] = {}
@@ -166,7 +184,11 @@ class FairnessAccounting(StrategyWrapper):
             log.warning("round %d: no evaluate reply holds fair-counts to account", server_round)
             return {}
         counts = pool_counts(t.counts for t in tables)
-        result = round_fairness(counts, pid=self.pid)
+        names = self.group_names
+        if names is not None and len(names) != counts.shape[1]:
+            log.warning("group names %s do not fit %d groups; indices used", names, counts.shape[1])
+            names = None
+        result = round_fairness(counts, pid=self.pid, group_names=names)
         if self.pid and not result.pid_solved:
             log.warning(
                 "round %d: PID solve failed (%s); unique/redundant/masked recorded as NaN "
@@ -178,7 +200,9 @@ class FairnessAccounting(StrategyWrapper):
         self.partition_history[server_round] = [t.partition_id for t in tables]
         self.history[server_round] = result
         if self.recorder is not None:
-            for t, row in zip(tables, client_fairness(counts), strict=True):
+            rng = np.random.default_rng([self.seed, Stream.BOOTSTRAP, server_round])
+            rows = client_fairness(counts, names, rng=rng)
+            for t, row in zip(tables, rows, strict=True):
                 for name, value in row.items():
                     self.recorder.add(server_round, str(t.partition_id), name, value)
         return result.metrics(with_pid=self.pid)

@@ -68,6 +68,8 @@ LAYERS: dict[str, int] = {
     "fedsim.fairness.roc": PURE,
     "fedsim.fairness.aglfop": PURE,
     "fedsim.fairness.accounting": PURE,
+    "fedsim.fairness.client_metrics": PURE,
+    "fedsim.fairness.figures": PURE,
     "fedsim.fairness.frontier_grid": PURE,
     "fedsim.fairness.plots": PURE,
     "fedsim.fairness.report": PURE,
@@ -95,6 +97,8 @@ LAYERS: dict[str, int] = {
     "fedsim.study": ORCHESTRATION,
     "fedsim.bounds": ORCHESTRATION,
     "fedsim.report_run": ORCHESTRATION,
+    "fedsim.report_figures": ORCHESTRATION,
+    "fedsim.predictions": ORCHESTRATION,
     "fedsim.cli": ORCHESTRATION,
     "fedsim.deploy": ORCHESTRATION,
 }

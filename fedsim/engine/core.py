@@ -98,7 +98,13 @@ def build_stack(
     if scenario.fairness.enabled:
         from fedsim.strategies.fairness_accounting import FairnessAccounting
 
-        core = FairnessAccounting(inner, recorder=recorder, pid=scenario.fairness.pid)
+        core = FairnessAccounting(
+            inner,
+            recorder=recorder,
+            pid=scenario.fairness.pid,
+            group_names=data.raw.group_names,
+            seed=scenario.seed,
+        )
     return Screened(core, on_phase=recorder.on_phase), inner
 
 

@@ -3,9 +3,11 @@
 ``[evaluation] global_test = true`` holds out rows of the pooled data before
 partitioning (:func:`fedsim.data.federated.holdout_rows`); after every round the
 server evaluates the aggregated model on them, as Flower's ``evaluate_fn`` would, and
-records ``global-acc``, ``global-loss`` and, with a sensitive attribute,
-``global-spd``, ``global-eod`` and ``global-acc-<group>``. The same rows serve every
-strategy and every scenario seed of a dataset, so runs compare on equal terms.
+records ``global-acc``, ``global-loss`` and, with a sensitive attribute, fairlearn's
+group metrics prefixed ``global-`` (``global-demographic_parity_difference``,
+``global-accuracy-<group name>``, ...; :func:`fedsim.fairness.metrics.table_metrics`).
+The same rows serve every strategy and every scenario seed of a dataset, so runs
+compare on equal terms.
 """
 
 from __future__ import annotations
@@ -19,11 +21,7 @@ from fedsim.clients.models import build_model
 from fedsim.clients.training import evaluate
 from fedsim.config import Scenario
 from fedsim.data import FederatedData
-from fedsim.fairness.metrics import (
-    equalized_odds_difference,
-    group_accuracy,
-    statistical_parity_difference,
-)
+from fedsim.fairness.metrics import table_metrics
 
 GlobalEvaluator = Callable[[ArrayRecord], dict[str, float]]
 
@@ -48,11 +46,9 @@ def global_evaluator(scenario: Scenario, data: FederatedData) -> GlobalEvaluator
         model.load_state_dict(arrays.to_torch_state_dict())
         res = evaluate(model, xt, yt, z, raw.num_groups, raw.num_classes)
         out = {"global-acc": res.accuracy, "global-loss": res.loss}
-        if raw.num_groups > 1:
-            out["global-spd"] = statistical_parity_difference(res.counts)
-            out["global-eod"] = equalized_odds_difference(res.counts)
-            for g, acc in group_accuracy(res.counts).items():
-                out[f"global-acc-{raw.group_names[g]}"] = acc
+        if raw.num_groups > 1 and res.counts.sum() > 0:
+            for name, value in table_metrics(res.counts, raw.group_names).items():
+                out[f"global-{name}"] = value
         return out
 
     return evaluate_arrays

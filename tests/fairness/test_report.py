@@ -118,7 +118,7 @@ def test_accuracy_and_disparity_tables_match_the_metrics(fair_report: Path) -> N
     acc = pd.read_csv(fair_report / TABLE_FILES["accuracy"])
     assert acc["round"].tolist() == list(range(1, FAIR["rounds"] + 1))
     np.testing.assert_array_equal(acc["eval-acc"], _server(fair_report, "eval-acc").to_numpy())
-    np.testing.assert_array_equal(acc["acc-group-1"], _server(fair_report, "acc-group-1"))
+    np.testing.assert_array_equal(acc["accuracy-1"], _server(fair_report, "accuracy-1"))
     dis = pd.read_csv(fair_report / TABLE_FILES["disparity"])
     for metric in ("global-disparity", "local-disparity", "unique", "redundant", "masked"):
         np.testing.assert_array_equal(dis[metric], _server(fair_report, metric).to_numpy())
@@ -399,3 +399,117 @@ def test_report_renders_in_a_headless_browser(fair_report: Path, tmp_path: Path)
     assert len(colours) > 50  # plots in colour, not a uniform or two-tone page
     top, middle = image[:600].std(), image[600:2400].std()
     assert top > 0.01 and middle > 0.01  # content at the top and further down
+
+
+# ------------------------------------------------------------ paper-ready figures
+
+SVG_NS = "{http://www.w3.org/2000/svg}"
+
+
+def test_figures_option_writes_standalone_svg_and_pdf_that_render(
+    fair_report: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import xml.etree.ElementTree as ET
+
+    folder = tmp_path / "figures"
+    code, _, err = _run_main(["report", str(fair_report), "-q", "--figures", str(folder)], capsys)
+    assert code == 0, err
+    names = {"accuracy", "disparity", "clients", "model-frontier", "frontier"}
+    assert {p.name for p in folder.iterdir()} == {f"{n}.{e}" for n in names for e in ("svg", "pdf")}
+    for name in names:
+        root = ET.parse(folder / f"{name}.svg").getroot()
+        assert root.tag == f"{SVG_NS}svg", name  # the namespace a standalone file needs
+        texts = [t for t in root.iter(f"{SVG_NS}text") if "".join(t.itertext()).strip()]
+        assert texts, f"{name}: text is not kept as text"
+        assert (folder / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+    clients_text = ET.tostring(ET.parse(folder / "clients.svg").getroot(), encoding="unicode")
+    assert "n=" in clients_text  # test-set sizes on the bars
+    image = _screenshot(folder / "clients.svg", tmp_path, height=900)
+    assert 0.005 < (image.mean(axis=2) < 0.5).mean() < 0.5
+    colours = np.unique((image * 255).astype(np.uint8).reshape(-1, 3), axis=0)
+    assert len(colours) > 20  # bars in colour, not an unrendered (blank or text) page
+
+
+def test_pid_bars_stack_to_the_global_and_local_disparity() -> None:
+    table = pd.DataFrame(
+        {
+            "round": [1, 2],
+            "global-disparity": [0.3, 0.5],
+            "local-disparity": [0.25, 0.45],
+            "unique": [0.2, 0.1],
+            "redundant": [0.1, 0.4],
+            "masked": [0.05, 0.35],
+        }
+    )
+    fig = plots.disparity_figure(table)
+    bars = fig.axes[1].patches
+    tops: dict[float, float] = {}
+    for bar in bars:  # stacked: the top of each x position is what the bar decomposes
+        x = round(bar.get_x() + bar.get_width() / 2, 6)
+        tops[x] = max(tops.get(x, 0.0), bar.get_y() + bar.get_height())
+    xs = sorted(tops)
+    assert len(xs) == 4  # two bars per round
+    np.testing.assert_allclose([tops[x] for x in xs[0::2]], table["global-disparity"])
+    np.testing.assert_allclose([tops[x] for x in xs[1::2]], table["local-disparity"])
+    assert not fig.axes[0].get_legend() and fig.legends  # one legend, outside the axes
+
+
+def test_small_and_one_group_clients_are_flagged_not_ranked() -> None:
+    rows: list[tuple[int, str, str, float]] = [(1, "server", "eval-acc", 0.7)]
+    for client, n, disparity in (("0", 200, 0.05), ("1", 12, 0.9), ("2", 150, math.nan)):
+        rows += [
+            (1, client, "eval-acc", 0.7),
+            (1, client, "num-examples-evaluate", n),
+            (1, client, "disparity", disparity),
+        ]
+    report = build_report(ReportInputs(_long(rows), {"scenario": "t"}))
+    clients = report.tables["clients"].set_index("client")
+    assert clients.loc["0", "flag"] == ""
+    assert "fewer than 30" in clients.loc["1", "flag"]
+    assert "lacks a sensitive group" in clients.loc["2", "flag"]
+    section = report.html.split('id="clients"')[1].split("</section>")[0]
+    ranked, flagged = section.split("Flagged clients (2)")
+    assert "Ranked clients (1)" in ranked and "0.9000" not in ranked  # the tiny client
+    assert "0.9000" in flagged
+    texts = [t.get_text() for t in report.figures["clients"].axes[0].texts]
+    assert "n/a" in texts and "n=12" in texts and "n=200" in texts
+
+
+def test_client_accuracy_spread_is_in_the_accuracy_table_without_accounting() -> None:
+    rows = [(1, "server", "eval-acc", 0.7)]
+    rows += [(1, c, "eval-acc", a) for c, a in (("0", 0.5), ("1", 0.9), ("2", 0.7))]
+    table = build_report(ReportInputs(_long(rows), {})).tables["accuracy"]
+    assert table["worst-client-accuracy"].iloc[0] == pytest.approx(0.5)
+    assert table["client-accuracy-spread"].iloc[0] == pytest.approx(0.4)
+    assert table["client-accuracy-std"].iloc[0] == pytest.approx(np.std([0.5, 0.9, 0.7]))
+
+
+def test_report_of_a_sweep_csv_draws_mean_and_std_over_seeds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import xml.etree.ElementTree as ET
+
+    runs = pd.DataFrame(
+        {
+            "strategy.name": ["fedavg"] * 3 + ["fedprox"] * 3,
+            "seed": [0, 1, 2] * 2,
+            "eval-acc": [0.70, 0.72, 0.74, 0.60, 0.61, 0.65],
+            "global-disparity": [0.1, 0.2, 0.3, 0.05, 0.05, 0.05],
+            "local-disparity": [0.1, 0.1, 0.1, 0.02, 0.03, 0.04],
+        }
+    )
+    runs.to_csv(tmp_path / "runs.csv", index=False)
+    code, out, err = _run_main(["report", str(tmp_path)], capsys)
+    assert code == 0, err
+    assert ET.parse(tmp_path / "sweep.svg").getroot().tag == f"{SVG_NS}svg"
+    assert (tmp_path / "sweep.pdf").read_bytes().startswith(b"%PDF")
+    from fedsim.fairness.figures import sweep_figure
+
+    fig = sweep_figure(runs, ["strategy.name"])
+    assert [ax.get_ylabel().split(" ")[0] for ax in fig.axes] == ["accuracy", "global", "local"]
+    heights = [bar.get_height() for bar in fig.axes[0].patches]
+    np.testing.assert_allclose(heights, [0.72, np.mean([0.60, 0.61, 0.65])])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    code, _, err = _run_main(["report", str(bad)], capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("fedsim: error:")

@@ -59,8 +59,10 @@ def test_global_metrics_equal_an_independent_evaluation_of_the_final_model() -> 
     assert abs(final["global-loss"] - log_loss(y, probs, labels=[0, 1])) < 1e-5
     pred = probs.argmax(1)
     rates = [pred[z == g].mean() for g in (0, 1)]
-    assert abs(final["global-spd"] - abs(rates[0] - rates[1])) < 1e-12
-    assert {"global-acc-0", "global-acc-1", "global-eod"} <= set(result.server_metrics())
+    assert abs(final["global-demographic_parity_difference"] - abs(rates[0] - rates[1])) < 1e-12
+    assert {"global-accuracy-0", "global-accuracy-1", "global-equalized_odds_difference"} <= set(
+        result.server_metrics()
+    )
 
 
 def test_global_evaluation_is_off_by_default() -> None:

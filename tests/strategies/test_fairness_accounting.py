@@ -20,6 +20,7 @@ import pytest
 from fedsim.clients import keys
 from fedsim.fairness.accounting import round_fairness
 from fedsim.fairness.information import conditional_mutual_information, mutual_information
+from fedsim.fairness.metrics import PER_GROUP
 from fedsim.strategies.fairness_accounting import FairnessAccounting
 from flwr.app import ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg, FedMedian, Strategy
@@ -208,18 +209,19 @@ def test_client_and_global_group_metrics_match_per_sample_computation(seed: int)
     rows = strategy.recorder.rows  # type: ignore[union-attr]
     for pid, s in clients.items():
         z, y, yhat = s
-        assert rows[(2, str(pid), "spd")] == pytest.approx(direct_spd(s), abs=1e-12)
-        assert rows[(2, str(pid), "eod")] == pytest.approx(direct_eod(s), abs=1e-12)
+        dpd, eod = direct_spd(s), direct_eod(s)
+        assert rows[(2, str(pid), "demographic_parity_difference")] == pytest.approx(dpd, abs=1e-12)
+        assert rows[(2, str(pid), "equalized_odds_difference")] == pytest.approx(eod, abs=1e-12)
         assert rows[(2, str(pid), "disparity")] == pytest.approx(mutual_info_score(z, yhat) / LN2)
         for g in (0, 1):
             acc = float((y == yhat)[z == g].mean())
-            assert rows[(2, str(pid), f"acc-group-{g}")] == pytest.approx(acc, abs=1e-12)
+            assert rows[(2, str(pid), f"accuracy-{g}")] == pytest.approx(acc, abs=1e-12)
     pooled = concat(clients)
-    assert m["spd"] == pytest.approx(direct_spd(pooled), abs=1e-12)
-    assert m["eod"] == pytest.approx(direct_eod(pooled), abs=1e-12)
+    assert m["demographic_parity_difference"] == pytest.approx(direct_spd(pooled), abs=1e-12)
+    assert m["equalized_odds_difference"] == pytest.approx(direct_eod(pooled), abs=1e-12)
     z, y, yhat = pooled
     for g in (0, 1):
-        assert m[f"acc-group-{g}"] == pytest.approx(float((y == yhat)[z == g].mean()))
+        assert m[f"accuracy-{g}"] == pytest.approx(float((y == yhat)[z == g].mean()))
 
 
 # -------------------------------------------------------------- inner strategies
@@ -242,10 +244,14 @@ def test_inner_strategy_metrics_are_preserved(inner_cls: type[Strategy]) -> None
         "unique",
         "redundant",
         "masked",
-        "spd",
-        "eod",
-        "acc-group-0",
-        "acc-group-1",
+        "demographic_parity_difference",
+        "demographic_parity_ratio",
+        "equalized_odds_difference",
+        "equalized_odds_ratio",
+        "worst-client-accuracy",
+        "client-accuracy-spread",
+        "client-accuracy-std",
+        *(f"{m}-{g}" for m in PER_GROUP for g in (0, 1)),
         "pid-solved",
     }
     assert set(got) == set(expected) | ours
@@ -323,7 +329,7 @@ def test_unusable_replies_are_skipped() -> None:
     assert strategy.partition_history[1] == sorted(clients)
     np.testing.assert_array_equal(strategy.counts_history[1], reference.counts_history[1])
     assert m is not None and m_ref is not None
-    for key in ("global-disparity", "local-disparity", "unique", "spd", "eod"):
+    for key in ("global-disparity", "local-disparity", "unique", "demographic_parity_difference"):
         assert m[key] == m_ref[key]
 
 
@@ -354,12 +360,13 @@ def test_single_group_gives_zero_disparity_without_solving(monkeypatch: pytest.M
         "unique",
         "redundant",
         "masked",
-        "spd",
-        "eod",
+        "demographic_parity_difference",
+        "equalized_odds_difference",
     ):
         assert m[key] == 0.0, key
-    assert m["pid-solved"] == 1.0 and m["acc-group-0"] == pytest.approx((30 + 40 + 10 + 12) / 108)
-    assert strategy.recorder.rows[(1, "0", "disparity")] == 0.0  # type: ignore[union-attr]
+    assert m["pid-solved"] == 1.0 and m["accuracy-0"] == pytest.approx((30 + 40 + 10 + 12) / 108)
+    # A client with one group has no disparity to speak of: n/a (NaN), not a perfect 0.
+    assert math.isnan(strategy.recorder.rows[(1, "0", "disparity")])  # type: ignore[union-attr]
 
 
 def test_solver_failure_records_nan_and_warns(
@@ -415,7 +422,8 @@ def test_end_to_end_default_scenario() -> None:
     result = fedsim.run("scenarios/default.toml", {"rounds": 2, "fairness.enabled": True})
     server = result.server_metrics()
     names = ["global-disparity", "local-disparity", "unique", "redundant", "masked"]
-    assert set(names + ["pid-solved", "spd", "eod", "acc-group-0"]) <= set(server.columns)
+    fairlearn = ["demographic_parity_difference", "equalized_odds_difference"]
+    assert set(names + ["pid-solved", *fairlearn, "accuracy-0"]) <= set(server.columns)
     assert list(server.index) == [1, 2]
     assert (server["pid-solved"] == 1.0).all()
     np.testing.assert_allclose(
