@@ -20,6 +20,7 @@ from typing import Protocol
 import numpy as np
 from fedsim.clients import keys
 from fedsim.fairness.accounting import RoundFairness, client_fairness, pool_counts, round_fairness
+from fedsim.fairness.client_metrics import RESAMPLES
 from fedsim.strategies.wrapper import StrategyWrapper
 from flwr.app import Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
@@ -137,12 +138,14 @@ class FairnessAccounting(StrategyWrapper):
         pid: bool = True,
         group_names: Sequence[str] | None = None,
         seed: int = 0,
+        bootstrap: int = RESAMPLES,
     ):
         super().__init__(inner)
         self.recorder = recorder
         self.pid = pid
         self.group_names = tuple(group_names) if group_names is not None else None
         self.seed = seed
+        self.bootstrap = bootstrap
         self.counts_history: dict[int, NDArray[np.int64]] = {}
         self.partition_history: dict[int, list[int]] = {}
         self.history: dict[int, RoundFairness] = {}
@@ -200,8 +203,10 @@ class FairnessAccounting(StrategyWrapper):
         self.partition_history[server_round] = [t.partition_id for t in tables]
         self.history[server_round] = result
         if self.recorder is not None:
-            rng = np.random.default_rng([self.seed, Stream.BOOTSTRAP, server_round])
-            rows = client_fairness(counts, names, rng=rng)
+            rng = None
+            if self.bootstrap > 0:
+                rng = np.random.default_rng([self.seed, Stream.BOOTSTRAP, server_round])
+            rows = client_fairness(counts, names, rng=rng, resamples=max(self.bootstrap, 1))
             for t, row in zip(tables, rows, strict=True):
                 for name, value in row.items():
                     self.recorder.add(server_round, str(t.partition_id), name, value)

@@ -104,6 +104,7 @@ def build_stack(
             pid=scenario.fairness.pid,
             group_names=data.raw.group_names,
             seed=scenario.seed,
+            bootstrap=scenario.fairness.client_bootstrap,
         )
     return Screened(core, on_phase=recorder.on_phase), inner
 
