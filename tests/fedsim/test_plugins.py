@@ -402,6 +402,7 @@ def test_tabular_file_mistakes_name_the_key(tmp_path: Path) -> None:
 def test_config_name_lists_agree_with_the_registries() -> None:
     from fedsim.clients.losses import resolve_tau
     from fedsim.clients.models import build_model
+
     from fedsim.config import DATASETS, LOSSES, MODELS
     from fedsim.data import REGISTRY
 
