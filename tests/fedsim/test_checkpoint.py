@@ -80,7 +80,7 @@ def _dumps(header: dict[str, Any]) -> str:
 def _resume_cli(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     before = (run_dir / checkpoint.CHECKPOINT).read_bytes()
     with pytest.raises(SystemExit) as exc:
-        main(["run", str(run_dir / results.CONFIG), "--resume", str(run_dir), "-q"])
+        main(["run", "--resume", str(run_dir), "-q"])
     err = capsys.readouterr().err
     assert (run_dir / checkpoint.CHECKPOINT).read_bytes() == before  # nothing written
     assert not (run_dir / results.SUMMARY).exists()
@@ -219,10 +219,8 @@ def test_rewritten_intact_checkpoint_still_resumes_to_the_last_round(
 def test_cli_subprocess_flipped_byte_exits_2_with_one_line(run_dir: Path, tmp_path: Path) -> None:
     copy = _copy(run_dir, tmp_path)
     _flip_last_byte(copy)
-    argv = [sys.executable, "-m", "fedsim.cli", "run", str(copy / results.CONFIG)]
-    proc = subprocess.run(
-        [*argv, "--resume", str(copy), "-q"], cwd=REPO, capture_output=True, text=True
-    )
+    argv = [sys.executable, "-m", "fedsim.cli", "run", "--resume", str(copy), "-q"]
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("fedsim: error: ")
     assert "is corrupt" in proc.stderr
