@@ -15,7 +15,7 @@ model's ROC points (:mod:`fedsim.fairness.report_bounds` explains the two bounds
 
 This module is pure: it turns already loaded inputs (long-form metrics, the summary,
 optional frontiers) into HTML and :class:`pandas.DataFrame` tables; reading a run
-folder and writing the files is :func:`fedsim.bounds.write_report`'s job (the
+folder and writing the files is :func:`fedsim.report_run.write_report`'s job (the
 model-specific inputs come from :func:`fedsim.model_bound.with_model_bound`). Tables
 are built in :mod:`fedsim.fairness.report_tables`, the bound sections in
 :mod:`fedsim.fairness.report_bounds`. The HTML has

@@ -261,7 +261,8 @@ def report(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Write RUN_DIR/report.html (self-contained) and the report's CSV tables."""
-    from fedsim.bounds import progress_bar, write_report
+    from fedsim.progress import progress_bar
+    from fedsim.report_run import write_report
 
     stop, update = progress_bar(console, quiet)
     try:

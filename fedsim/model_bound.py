@@ -15,7 +15,7 @@ frontier on the grids of the model-agnostic one, the optimum at the model's own
 disparities and ``H(Z)`` (the scale of every "bits" axis in the report).
 
 Wiring: :func:`with_model_bound` takes the :class:`~fedsim.fairness.report.ReportInputs`
-that ``fedsim.bounds.write_report`` builds and returns them with the model-specific
+that ``fedsim.report_run.write_report`` builds and returns them with the model-specific
 fields filled; call it between building the inputs and ``build_report``.
 """
 

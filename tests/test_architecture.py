@@ -92,6 +92,7 @@ LAYERS: dict[str, int] = {
     "fedsim.study": ORCHESTRATION,
     "fedsim.bounds": ORCHESTRATION,
     "fedsim.report_run": ORCHESTRATION,
+    "fedsim.progress": ORCHESTRATION,
     "fedsim.cli": ORCHESTRATION,
     "fedsim.deploy": ORCHESTRATION,
 }
