@@ -33,12 +33,13 @@ import torch.nn.functional as F
 from fedsim.clients.checks import check_choice, check_number
 from torch.autograd.function import once_differentiable
 
+from fedsim.config import LOSSES
 from fedsim.errors import ConfigError
 
 Reduction = Literal["mean", "sum", "none"]
 MarginMode = Literal["batch", "sample"]
 
-LOSS_NAMES = ("sum-exp", "ce", "gce", "mae", "comp-sum")
+LOSS_NAMES = LOSSES  # fedsim.config owns the names
 REDUCTIONS = ("mean", "sum", "none")
 MARGIN_MODES = ("batch", "sample")
 #: Below this ``|1 - tau|`` the loss is cross-entropy itself: the relative error of doing

@@ -17,6 +17,7 @@ import click
 import typer
 from rich.console import Console
 
+from fedsim.config import ENGINES, LOSSES
 from fedsim.errors import ConfigError, FedsimError
 
 app = typer.Typer(
@@ -51,7 +52,7 @@ def run(
     set_: SetOpt = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Results folder.")] = None,
     engine: Annotated[
-        str | None, typer.Option("--engine", help="local, ray or flower (default: scenario's).")
+        str | None, typer.Option("--engine", help=f"{', '.join(ENGINES)} (default: scenario's).")
     ] = None,
     data_dir: DataDirOpt = None,
     ray_address: Annotated[
@@ -75,8 +76,8 @@ def run(
         overrides["ray.address"] = ray_address
     if vectorize:
         overrides["vectorize"] = True
-    if engine is not None and engine not in ("local", "ray", "flower"):
-        raise ConfigError(f"--engine: expected local, ray or flower, got {engine!r}")
+    if engine is not None and engine not in ENGINES:
+        raise ConfigError(f"--engine: expected {', '.join(ENGINES)}, got {engine!r}")
     if out is None and resume is None:
         out = Path("runs") / scenario.stem
     progress = Progress(
@@ -126,7 +127,7 @@ def list_() -> None:
     typer.echo("partitioners: " + ", ".join(METHODS))
     typer.echo("strategies: " + ", ".join(sorted(STRATEGIES)))
     typer.echo("models: " + ", ".join(MODELS))
-    typer.echo("losses: ce, comp-sum (tau), sum-exp, gce (q), mae; + margin control, adversarial")
+    typer.echo("losses: " + ", ".join(LOSSES) + "; + margin control, adversarial")
 
 
 @app.command()

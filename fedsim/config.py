@@ -25,6 +25,9 @@ from fedsim.errors import ConfigError
 from fedsim.plugins import is_valid_reference
 
 Engine = Literal["local", "ray", "flower"]
+#: The engines, each ``fedsim/engine/<name>.py`` with ``run_<name>`` (the runner finds
+#: them by that name; the CLI lists and checks them from here).
+ENGINES: tuple[str, ...] = get_args(Engine)
 Device = Literal["cpu", "cuda", "auto"]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from fedsim import checkpoint, results
-from fedsim.config import Scenario, build, load_scenario
+from fedsim.config import ENGINES, Scenario, build, load_scenario
 from fedsim.engine.core import RunRecorder, build_stack, initial_arrays
 from fedsim.errors import ConfigError
 from fedsim.plugins import api_overrides, require_importable
@@ -186,16 +187,10 @@ def _prepare(sc: Scenario, run_config: dict[str, str], resume_from: Path | None)
 
 
 def _engine(name: str) -> Callable[..., Any]:
-    if name == "local":
-        from fedsim.engine.local import run_local
-
-        return run_local
-    if name == "ray":
-        from fedsim.engine.ray import run_ray
-
-        return run_ray
-    if name == "flower":
-        from fedsim.engine.flower import run_flower
-
-        return run_flower
-    raise ConfigError(f"engine: unknown engine {name!r} (expected local, ray or flower)")
+    """The run function of engine ``name``: ``run_<name>`` in ``fedsim.engine.<name>``."""
+    if name not in ENGINES:
+        raise ConfigError(f"engine: unknown engine {name!r} (expected {', '.join(ENGINES)})")
+    # By name, when asked for: each engine brings its own runtime (Ray, Flower's processes).
+    module = importlib.import_module(f"fedsim.engine.{name}")
+    run: Callable[..., Any] = getattr(module, f"run_{name}")
+    return run
