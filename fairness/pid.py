@@ -315,6 +315,23 @@ def decompose(joint: ArrayLike, *, shortcuts: bool = True, solver: str | None = 
     SolverError
         If no solver reaches an optimal status, or a term is more negative than
         :data:`ROUNDOFF_TOLERANCE_BITS`.
+
+    Examples
+    --------
+    Predictions ``ŷ = z XOR s``: no disparity globally, one bit on every client, all of
+    it masked (synergy). With one group per client, ``ŷ = z = s`` is all redundant.
+
+    >>> import numpy as np
+    >>> joint = np.zeros((2, 2, 2))  # [z, yhat, s]
+    >>> for z in (0, 1):
+    ...     for s in (0, 1):
+    ...         joint[z, z ^ s, s] = 1
+    >>> res = decompose(joint)
+    >>> round(res.global_disparity, 6), round(res.local_disparity, 6), round(res.masked, 6)
+    (0.0, 1.0, 1.0)
+    >>> res = decompose(np.array([[[1, 0], [0, 0]], [[0, 0], [0, 1]]]))
+    >>> round(res.redundant, 6), round(res.unique, 6), round(res.masked, 6)
+    (1.0, 0.0, 0.0)
     """
     if solver is not None and solver not in (*_SOLVER_OPTIONS, BLOCK_BARRIER):
         choices = sorted((*_SOLVER_OPTIONS, BLOCK_BARRIER))
