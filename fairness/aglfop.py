@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 from fedsim.fairness.aglfop_feasible import accuracy, disparities_bits
 from fedsim.fairness.aglfop_program import SOLVER, AGLFOPModel, PointSolution
+from fedsim.fairness.pid import decompose
 from fedsim.fairness.roc import roc_points, validate_roc_region
 from numpy.typing import ArrayLike, NDArray
 
@@ -258,8 +259,6 @@ def _result(q: FloatArray, point: PointSolution, compute_pid: bool) -> AGLFOPRes
     global_bits, local_bits = disparities_bits(q)
     unique = redundant = masked = float("nan")
     if compute_pid:
-        from fedsim.fairness.pid import decompose
-
         pid = decompose(q.sum(axis=2).transpose(1, 2, 0))  # [s, z, ŷ] -> [z, ŷ, s]
         unique, redundant, masked = float(pid.unique), float(pid.redundant), float(pid.masked)
     return AGLFOPResult(

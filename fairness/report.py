@@ -118,7 +118,7 @@ def build_report(inputs: ReportInputs) -> Report:
         ``html`` (one self-contained page with a section per :data:`SECTIONS` entry),
         ``tables`` (keys of :data:`TABLE_FILES` the run supports) and the achieved point.
     """
-    from fedsim.fairness import plots
+    from fedsim.fairness import plots  # matplotlib: start-up, only when rendering
 
     achieved = achieved_point(inputs.metrics)
     tables = report_tables(inputs, achieved)
@@ -152,7 +152,7 @@ def build_report(inputs: ReportInputs) -> Report:
 def _clients_section(
     table: pd.DataFrame | None, achieved: AchievedPoint | None, entropy_z_bits: float
 ) -> str:
-    from fedsim.fairness import plots
+    from fedsim.fairness import plots  # matplotlib: start-up, only when rendering
 
     if table is None or table.empty:
         return note("The run recorded no per-client evaluation rows.")

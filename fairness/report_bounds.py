@@ -96,7 +96,7 @@ def _scale_note(entropy_z_bits: float) -> str:
 
 def model_section(inputs: ReportInputs, achieved: AchievedPoint | None) -> str:
     """The model-specific frontier, the model's point and its gap (or why it is absent)."""
-    from fedsim.fairness import plots
+    from fedsim.fairness import plots  # matplotlib: start-up, only when rendering
 
     if inputs.model_frontier is None or inputs.model_bound is None:
         return note(
@@ -130,7 +130,7 @@ def frontier_section(
     inputs: ReportInputs, tables: Mapping[str, pd.DataFrame], achieved: AchievedPoint | None
 ) -> str:
     """The model-agnostic frontier, the achieved point and its gap (or why it is absent)."""
-    from fedsim.fairness import plots
+    from fedsim.fairness import plots  # matplotlib: start-up, only when rendering
 
     if inputs.frontier is None:
         return note(html.escape(inputs.frontier_note or "No AGLFOP frontier for this run."))

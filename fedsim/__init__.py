@@ -52,7 +52,7 @@ def run(*args: Any, **kwargs: Any) -> RunResult:
 
 def resume(*args: Any, **kwargs: Any) -> RunResult:
     """Continue a checkpointed run; see :func:`fedsim.checkpoint.resume`."""
-    # Imported when called, as in run().
+    # Imported when called, as in run(): start-up time of `import fedsim`.
     from fedsim.checkpoint import resume as _resume
 
     return _resume(*args, **kwargs)

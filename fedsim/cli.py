@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
@@ -16,9 +17,13 @@ from typing import Annotated
 import click
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fedsim.config import ENGINES, LOSSES
+import fedsim
+from fedsim.config import ENGINES, LOSSES, load_scenario, parse_assignment, parse_value
 from fedsim.errors import ConfigError, FedsimError
+from fedsim.plugins import add_working_directory
+from fedsim.progress import progress_bar
 
 app = typer.Typer(
     add_completion=False,
@@ -41,8 +46,6 @@ DataDirOpt = Annotated[
 
 
 def _overrides(items: list[str] | None) -> dict[str, object]:
-    from fedsim.config import parse_assignment
-
     return dict(parse_assignment(item) for item in items or [])
 
 
@@ -67,10 +70,6 @@ def run(
     ] = False,
 ) -> None:
     """Run a scenario and write its results folder."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    import fedsim
-
     overrides = _overrides(set_)
     if ray_address:
         overrides["ray.address"] = ray_address
@@ -116,9 +115,9 @@ def run(
 @app.command("list")
 def list_() -> None:
     """List datasets, partitioners, strategies, models and losses."""
-    from fedsim.clients.models import MODELS
-    from fedsim.data import METHODS, REGISTRY
-    from fedsim.strategies.registry import REGISTRY as STRATEGIES
+    from fedsim.clients.models import MODELS  # torch: start-up of every command
+    from fedsim.data import METHODS, REGISTRY  # pandas: start-up
+    from fedsim.strategies.registry import REGISTRY as STRATEGIES  # flwr: start-up
 
     typer.echo("datasets:")
     for info in REGISTRY.values():
@@ -145,9 +144,8 @@ def sweep(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Run a scenario over a grid of overrides and seeds; print final accuracy mean ± std."""
-    from fedsim.config import parse_value
-    from fedsim.results import atomic_write_text
-    from fedsim.study import format_table, run_grid, summarise, to_markdown
+    from fedsim.results import atomic_write_text  # pandas: start-up
+    from fedsim.study import format_table, run_grid, summarise, to_markdown  # pandas: start-up
 
     if seeds < 1:
         raise ConfigError(f"--seeds: expected at least 1, got {seeds}")
@@ -188,7 +186,7 @@ def pid(
     counts: Annotated[Path, typer.Argument(help="CSV: columns z, yhat, s, count (y optional).")],
 ) -> None:
     """Decompose global and local disparity of your own count table (bits)."""
-    from fedsim.fairness.pid import pid_from_csv
+    from fedsim.fairness.pid import pid_from_csv  # cvxpy: start-up
 
     res = pid_from_csv(counts)
     typer.echo(f"global disparity I(Z;Yhat)   {res.global_disparity:.6f} bits")
@@ -217,11 +215,8 @@ def bounds(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """AGLFOP frontier: best accuracy under global and local disparity budgets (bits)."""
-    import time
-
-    from fedsim import bounds as aglfop_bounds
-    from fedsim.config import load_scenario
-    from fedsim.results import atomic_write_text
+    from fedsim import bounds as aglfop_bounds  # pandas: start-up
+    from fedsim.results import atomic_write_text  # pandas: start-up
 
     sc = load_scenario(scenario, _overrides(set_))
     size = grid if grid is not None else sc.fairness.bounds_grid
@@ -262,8 +257,7 @@ def report(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Write RUN_DIR/report.html (self-contained) and the report's CSV tables."""
-    from fedsim.progress import progress_bar
-    from fedsim.report_run import write_report
+    from fedsim.report_run import write_report  # pandas, matplotlib: start-up
 
     stop, update = progress_bar(console, quiet)
     try:
@@ -278,8 +272,6 @@ def report(
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning user errors into one line and exit code 2."""
     _quiet_flower()
-    from fedsim.plugins import add_working_directory
-
     add_working_directory()  # plug-in references to modules beside the user
     try:
         app(args=argv, standalone_mode=False)
@@ -330,7 +322,7 @@ def deploy_certs(
     days: Annotated[int, typer.Option("--days", help="Certificate validity in days.")] = 365,
 ) -> None:
     """Create a CA and the SuperLink's TLS certificate (127.0.0.1 and localhost included)."""
-    from fedsim import deploy
+    from fedsim import deploy  # pandas: start-up
 
     certs = deploy.make_certificates(folder, [h for h in hosts.split(",") if h.strip()], days)
     typer.echo(f"CA certificate {certs.ca} (copy it to every SuperNode and flwr host)")
@@ -344,7 +336,7 @@ def deploy_keygen(
     names: Annotated[list[str], typer.Argument(help="Key names, e.g. node-0 node-1.")],
 ) -> None:
     """Create SuperNode key pairs (P-384, OpenSSH) in DIR/keys."""
-    from fedsim import deploy
+    from fedsim import deploy  # pandas: start-up
 
     for name in names:
         key = deploy.make_node_key(folder, name)
@@ -372,7 +364,7 @@ def deploy_superlink(
     ] = None,
 ) -> None:
     """Start the SuperLink on 127.0.0.1 and a TLS proxy exposing only its Fleet API."""
-    from fedsim import deploy
+    from fedsim import deploy  # pandas: start-up
 
     proc = deploy.start_superlink(folder, host=host, port=port, local_port=local_port, user=user)
     component = deploy.Component.at(folder, "superlink")
@@ -390,7 +382,7 @@ def deploy_register(
     superlink: SuperlinkOpt,
 ) -> None:
     """Register SuperNode public keys with the SuperLink (flwr supernode register)."""
-    from fedsim import deploy
+    from fedsim import deploy  # pandas: start-up
 
     for key in public_keys:
         node_id = deploy.register_node(folder, key, superlink)
@@ -412,7 +404,7 @@ def deploy_supernode(
     ] = 9094,
 ) -> None:
     """Start a SuperNode in the background for one partition."""
-    from fedsim import deploy
+    from fedsim import deploy  # pandas: start-up
 
     proc = deploy.start_supernode(
         folder,
@@ -435,7 +427,7 @@ def deploy_supernode(
 @deploy_app.command("nodes")
 def deploy_nodes(folder: DeployDir, superlink: SuperlinkOpt) -> None:
     """List the SuperLink's SuperNodes and their status."""
-    from fedsim import deploy
+    from fedsim import deploy  # pandas: start-up
 
     for node in deploy.list_nodes(folder, superlink):
         typer.echo(f"{node.get('node-id')}  {node.get('status')}")
@@ -456,8 +448,8 @@ def deploy_run(
     ] = None,
 ) -> None:
     """Run a scenario on the deployment (flwr run) and report its final accuracy."""
-    from fedsim import deploy
-    from fedsim.runner import resolve
+    from fedsim import deploy  # pandas: start-up
+    from fedsim.runner import resolve  # torch and flwr: start-up
 
     sc = resolve(scenario, _overrides(set_))
     out = out.expanduser().resolve()
@@ -479,7 +471,7 @@ def deploy_stop(
     ] = 10.0,
 ) -> None:
     """Stop every component started from DIR on this machine (by their pid files)."""
-    from fedsim import deploy
+    from fedsim import deploy  # pandas: start-up
 
     stopped = deploy.stop_all(folder, grace_s=grace)
     typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")

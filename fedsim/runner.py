@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from fedsim import checkpoint, results
+from fedsim.bounds import run_frontier_files
 from fedsim.config import ENGINES, Scenario, build, load_scenario
 from fedsim.engine.core import RunRecorder, build_stack, initial_arrays
 from fedsim.errors import ConfigError
@@ -146,8 +147,6 @@ def run(
     if out_dir is not None:
         extra: dict[str, bytes] = {}
         if sc.fairness.enabled and sc.fairness.bounds:  # AGLFOP frontier on the run's test rows
-            from fedsim.bounds import run_frontier_files
-
             extra = run_frontier_files(sc, frame, state.accountant, run_config)
         results.write_run(out_dir, config_toml, frame, arrays, summary, extra_files=extra)
     return RunResult(sc, frame, summary, arrays, out_dir)
@@ -173,7 +172,7 @@ def _prepare(sc: Scenario, run_config: dict[str, str], resume_from: Path | None)
     outer, inner = stack
     accountant = None
     if sc.fairness.enabled:
-        from fedsim.strategies.fairness_accounting import FairnessAccounting
+        from fedsim.strategies.fairness_accounting import FairnessAccounting  # cvxpy: start-up
 
         accountant = outer.inner if isinstance(outer.inner, FairnessAccounting) else None
     start = _Start(recorder, stack, accountant)

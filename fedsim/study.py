@@ -104,7 +104,7 @@ def run_grid(
     fedsim.errors.FedsimError
         For any other user error a run meets (e.g. a missing dataset file).
     """
-    from fedsim.runner import run
+    from fedsim.runner import run  # torch and flwr: start-up of the CLI and of fedsim.study
 
     if not seeds:
         raise ConfigError("study: expected at least one seed, got none")

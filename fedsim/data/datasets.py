@@ -428,7 +428,7 @@ def load_fashion_mnist(attr: str, root: Path | None) -> RawDataset:
 
 @register("digits", (), "scikit-learn's bundled 8x8 digits, 1,797 images, 10 classes")
 def load_digits(attr: str, root: Path | None) -> RawDataset:
-    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.datasets import load_digits as sk_digits  # sklearn: start-up, this dataset only
 
     bunch = sk_digits()
     x = (bunch.images.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
