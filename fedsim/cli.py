@@ -186,7 +186,7 @@ def pid(
     counts: Annotated[Path, typer.Argument(help="CSV: columns z, yhat, s, count (y optional).")],
 ) -> None:
     """Decompose global and local disparity of your own count table (bits)."""
-    from fedsim.fairness.pid import pid_from_csv  # cvxpy: start-up
+    from fedsim.fairness.pid_tables import pid_from_csv  # cvxpy: start-up
 
     res = pid_from_csv(counts)
     typer.echo(f"global disparity I(Z;Yhat)   {res.global_disparity:.6f} bits")

@@ -66,6 +66,7 @@ LAYERS: dict[str, int] = {
     "fedsim.fairness.information": PURE,
     "fedsim.fairness.metrics": PURE,
     "fedsim.fairness.pid": PURE,
+    "fedsim.fairness.pid_tables": PURE,
     "fedsim.fairness.roc": PURE,
     "fedsim.fairness.aglfop": PURE,
     "fedsim.fairness.accounting": PURE,
