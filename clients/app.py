@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 from fedsim.clients import keys
+from fedsim.clients.attacks import robust_accuracy
 from fedsim.clients.faults import FaultPlan, InjectedCrash, corrupt_state, plan_faults
 from fedsim.clients.training import (
     TrainResult,
@@ -170,8 +171,6 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
 
 
 def _robust_accuracy(rt: ClientRuntime, x: torch.Tensor, y: torch.Tensor) -> float:
-    from fedsim.clients.attacks import robust_accuracy
-
     cfg = rt.scenario.client.loss
     clamp = (0.0, 1.0) if rt.data.raw.kind == "image" else None
     return float(

@@ -33,12 +33,13 @@ import torch.nn.functional as F
 from fedsim.clients.checks import check_choice, check_number
 from torch.autograd.function import once_differentiable
 
+from fedsim.config import LOSSES
 from fedsim.errors import ConfigError
 
 Reduction = Literal["mean", "sum", "none"]
 MarginMode = Literal["batch", "sample"]
 
-LOSS_NAMES = ("sum-exp", "ce", "gce", "mae", "comp-sum")
+LOSS_NAMES = LOSSES  # fedsim.config owns the names
 REDUCTIONS = ("mean", "sum", "none")
 MARGIN_MODES = ("batch", "sample")
 #: Below this ``|1 - tau|`` the loss is cross-entropy itself: the relative error of doing
@@ -113,6 +114,16 @@ def comp_sum_loss(
         If ``tau`` is negative or not finite, or ``reduction`` is unknown.
     ValueError
         If the shapes of ``logits`` and ``target`` do not match.
+
+    Examples
+    --------
+    At uniform logits over ``C = 4`` classes ``p_y = 1/4``: sum-exponential (``tau = 0``)
+    gives ``C - 1``, cross-entropy (``tau = 1``) ``log C``, MAE (``tau = 2``) ``1 - 1/C``.
+
+    >>> import torch
+    >>> logits, target = torch.zeros(2, 4), torch.tensor([0, 3])
+    >>> [round(comp_sum_loss(logits, target, tau).item(), 4) for tau in (0.0, 1.0, 2.0)]
+    [3.0, 1.3863, 0.75]
     """
     tau = check_number("tau", tau)
     check_choice("reduction", reduction, REDUCTIONS)

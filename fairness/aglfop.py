@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 from fedsim.fairness.aglfop_feasible import accuracy, disparities_bits
 from fedsim.fairness.aglfop_program import SOLVER, AGLFOPModel, PointSolution
+from fedsim.fairness.pid import decompose
 from fedsim.fairness.roc import roc_points, validate_roc_region
 from numpy.typing import ArrayLike, NDArray
 
@@ -152,6 +153,20 @@ def solve(
     SolverError
         The problem is infeasible (only possible with ``roc_region``), the solver failed,
         or the PID of the optimum could not be computed (``compute_pid=False`` skips it).
+
+    Examples
+    --------
+    Two clients where the label agrees with the group 80% of the time: unconstrained,
+    a classifier of ``(s, z, y)`` is always right; with no disparity allowed at all it
+    reaches 0.7.
+
+    >>> import numpy as np
+    >>> counts = np.array([[[40, 10], [10, 40]], [[40, 10], [10, 40]]])  # [s, z, y]
+    >>> round(solve(counts, float("inf"), float("inf"), compute_pid=False).accuracy, 4)
+    1.0
+    >>> res = solve(counts, 0.0, 0.0, compute_pid=False)
+    >>> round(res.accuracy, 4), res.status
+    (0.7, 'optimal')
     """
     p = _validate_counts(counts)
     eps_g = _validate_eps(eps_global, "eps_global")
@@ -244,8 +259,6 @@ def _result(q: FloatArray, point: PointSolution, compute_pid: bool) -> AGLFOPRes
     global_bits, local_bits = disparities_bits(q)
     unique = redundant = masked = float("nan")
     if compute_pid:
-        from fedsim.fairness.pid import decompose
-
         pid = decompose(q.sum(axis=2).transpose(1, 2, 0))  # [s, z, ŷ] -> [z, ŷ, s]
         unique, redundant, masked = float(pid.unique), float(pid.redundant), float(pid.masked)
     return AGLFOPResult(

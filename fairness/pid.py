@@ -16,7 +16,8 @@ Q(z,s)/Q(s) = P(z|s) is a constant and
     I_Q(Z;Ŷ|S) = sum_{z,ŷ,s} rel_entr(Q(z,ŷ,s), P(z|s) Q(ŷ,s)),
 
 an exponential-cone program in Q (Q(ŷ,s) = sum_z Q(z,ŷ,s) is linear). It is
-solved in nats and reported in bits. Tables are indexed ``[z, yhat, s]``.
+solved in nats and reported in bits. Tables are indexed ``[z, yhat, s]``; long-form
+tables and CSV files of counts are read by :mod:`fedsim.fairness.pid_tables`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import threading
 import warnings
 from dataclasses import dataclass
@@ -32,7 +32,6 @@ from typing import Any
 
 import cvxpy as cp
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 from fedsim.fairness.information import (
     conditional_mutual_information,
@@ -42,7 +41,7 @@ from fedsim.fairness.information import (
 from fedsim.fairness.pid_large import unique_information
 from numpy.typing import ArrayLike, NDArray
 
-from fedsim.errors import DataError, SolverError
+from fedsim.errors import SolverError
 
 __all__ = [
     "BLOCK_BARRIER",
@@ -51,8 +50,6 @@ __all__ = [
     "ROUNDOFF_TOLERANCE_BITS",
     "PIDResult",
     "decompose",
-    "decompose_counts_frame",
-    "pid_from_csv",
 ]
 
 logger = logging.getLogger(__name__)
@@ -315,6 +312,23 @@ def decompose(joint: ArrayLike, *, shortcuts: bool = True, solver: str | None = 
     SolverError
         If no solver reaches an optimal status, or a term is more negative than
         :data:`ROUNDOFF_TOLERANCE_BITS`.
+
+    Examples
+    --------
+    Predictions ``ŷ = z XOR s``: no disparity globally, one bit on every client, all of
+    it masked (synergy). With one group per client, ``ŷ = z = s`` is all redundant.
+
+    >>> import numpy as np
+    >>> joint = np.zeros((2, 2, 2))  # [z, yhat, s]
+    >>> for z in (0, 1):
+    ...     for s in (0, 1):
+    ...         joint[z, z ^ s, s] = 1
+    >>> res = decompose(joint)
+    >>> round(res.global_disparity, 6), round(res.local_disparity, 6), round(res.masked, 6)
+    (0.0, 1.0, 1.0)
+    >>> res = decompose(np.array([[[1, 0], [0, 0]], [[0, 0], [0, 1]]]))
+    >>> round(res.redundant, 6), round(res.unique, 6), round(res.masked, 6)
+    (1.0, 0.0, 0.0)
     """
     if solver is not None and solver not in (*_SOLVER_OPTIONS, BLOCK_BARRIER):
         choices = sorted((*_SOLVER_OPTIONS, BLOCK_BARRIER))
@@ -342,81 +356,3 @@ def decompose(joint: ArrayLike, *, shortcuts: bool = True, solver: str | None = 
         iterations=iterations,
         gap=gap,
     )
-
-
-_FRAME_COLUMNS = ("z", "yhat", "s", "count")
-
-
-def decompose_counts_frame(frame: pd.DataFrame) -> PIDResult:
-    """Decompose a long-form table of counts with columns ``z, yhat, s, count``.
-
-    Parameters
-    ----------
-    frame : pandas.DataFrame
-        One row per (z, yhat, s) cell; repeated cells are summed. An extra
-        column ``y`` (the true label) is allowed and summed out. Labels may be
-        any sortable values; they are ordered by sorting.
-
-    Returns
-    -------
-    PIDResult
-        See :func:`decompose`.
-
-    Raises
-    ------
-    DataError
-        On missing or unexpected columns, missing labels, or counts that are
-        not finite non-negative numbers with a positive total.
-    SolverError
-        See :func:`decompose`.
-    """
-    missing = [c for c in _FRAME_COLUMNS if c not in frame.columns]
-    extra = [c for c in frame.columns if c not in (*_FRAME_COLUMNS, "y")]
-    if missing or extra:
-        raise DataError(
-            f"counts table needs columns {', '.join(_FRAME_COLUMNS)} (and optionally y); "
-            f"missing: {missing or 'none'}, unexpected: {extra or 'none'}"
-        )
-    if frame.empty:
-        raise DataError("counts table has no rows")
-    labels = frame[["z", "yhat", "s"]]
-    if labels.isna().any().any():
-        raise DataError("counts table has empty z, yhat or s entries; every row needs all three")
-    counts = pd.to_numeric(frame["count"], errors="coerce")
-    if counts.isna().any():
-        raise DataError("counts table has a missing or non-numeric count; counts must be numbers")
-    codes = [pd.factorize(labels[c], sort=True) for c in ("z", "yhat", "s")]
-    joint = np.zeros(tuple(len(uniques) for _, uniques in codes))
-    values = counts.to_numpy(dtype=np.float64)
-    if not np.all(np.isfinite(values)) or np.any(values < 0):
-        raise DataError("counts table has a negative or infinite count; counts must be >= 0")
-    np.add.at(joint, tuple(index for index, _ in codes), values)
-    return decompose(joint)
-
-
-def pid_from_csv(path: str | os.PathLike[str]) -> PIDResult:
-    """Read a CSV of counts (columns ``z, yhat, s, count``, optional ``y``) and decompose it.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        CSV file with a header row.
-
-    Returns
-    -------
-    PIDResult
-        See :func:`decompose`.
-
-    Raises
-    ------
-    DataError
-        If the file cannot be read or its table is invalid
-        (see :func:`decompose_counts_frame`).
-    SolverError
-        See :func:`decompose`.
-    """
-    try:
-        frame = pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read counts CSV {os.fspath(path)!r}: {exc}") from exc
-    return decompose_counts_frame(frame)

@@ -15,7 +15,7 @@ model's ROC points (:mod:`fedsim.fairness.report_bounds` explains the two bounds
 
 This module is pure: it turns already loaded inputs (long-form metrics, the summary,
 optional frontiers) into HTML and :class:`pandas.DataFrame` tables; reading a run
-folder and writing the files is :func:`fedsim.bounds.write_report`'s job (the
+folder and writing the files is :func:`fedsim.report_run.write_report`'s job (the
 model-specific inputs come from :func:`fedsim.model_bound.with_model_bound`). Tables
 are built in :mod:`fedsim.fairness.report_tables`, the bound sections in
 :mod:`fedsim.fairness.report_bounds`. The HTML has
@@ -126,7 +126,7 @@ def build_report(inputs: ReportInputs) -> Report:
         ``html`` (one self-contained page with a section per :data:`SECTIONS` entry),
         ``tables`` (keys of :data:`TABLE_FILES` the run supports) and the achieved point.
     """
-    from fedsim.fairness import plots
+    from fedsim.fairness import plots  # matplotlib: start-up, only when rendering
 
     achieved = achieved_point(inputs.metrics)
     tables = report_tables(inputs, achieved)
@@ -187,7 +187,7 @@ def _clients_section(
     entropy_z_bits: float,
     figures: dict[str, Figure],
 ) -> str:
-    from fedsim.fairness import plots
+    from fedsim.fairness import plots  # matplotlib: start-up, only when rendering
 
     if table is None or table.empty:
         return note("The run recorded no per-client evaluation rows.")

@@ -100,7 +100,7 @@ def model_section(
     """The model-specific frontier, the model's point and its gap (or why it is absent).
 
     ``figures`` receives the frontier figure as ``"model-frontier"``."""
-    from fedsim.fairness import plots
+    from fedsim.fairness import plots  # matplotlib: start-up, only when rendering
 
     if inputs.model_frontier is None or inputs.model_bound is None:
         return note(
@@ -141,7 +141,7 @@ def frontier_section(
     """The model-agnostic frontier, the achieved point and its gap (or why it is absent).
 
     ``figures`` receives the frontier figure as ``"frontier"``."""
-    from fedsim.fairness import plots
+    from fedsim.fairness import plots  # matplotlib: start-up, only when rendering
 
     if inputs.frontier is None:
         return note(html.escape(inputs.frontier_note or "No AGLFOP frontier for this run."))

@@ -52,6 +52,7 @@ def run(*args: Any, **kwargs: Any) -> RunResult:
 
 def resume(*args: Any, **kwargs: Any) -> RunResult:
     """Continue a checkpointed run; see :func:`fedsim.runner.resume`."""
+    # Imported when called, as in run(): start-up time of `import fedsim`.
     from fedsim.runner import resume as _resume
 
     return _resume(*args, **kwargs)

@@ -34,10 +34,13 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord
 from numpy.typing import NDArray
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save as st_save
 
 from fedsim import results
 from fedsim.errors import CheckpointError, DataError
 from fedsim.state import Stateful, check_arrays
+from fedsim.strategies.state import stateful
 
 CHECKPOINT = "checkpoint.safetensors"
 FORMAT = 2
@@ -61,10 +64,6 @@ def save(
     ``strategy`` is the scenario's strategy; its state is read through
     :func:`fedsim.strategies.state.stateful`.
     """
-    from safetensors.numpy import save as st_save
-
-    from fedsim.strategies.state import stateful
-
     state = stateful(strategy, {}).state()  # the reference is only needed to load
 
     if not (run_dir / results.CONFIG).exists():
@@ -107,8 +106,6 @@ def load(run_dir: Path) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
         If the file is missing, unreadable, of another format version, or its
         digest does not match its content.
     """
-    from safetensors import SafetensorError, safe_open
-
     path = run_dir / CHECKPOINT
     if not path.is_file():
         raise CheckpointError(f"--resume: no checkpoint in {run_dir} (expected {CHECKPOINT})")
@@ -175,8 +172,6 @@ def restore(
     CheckpointError
         For any corrupt, edited or mismatching part; nothing is restored then.
     """
-    from fedsim.strategies.state import stateful
-
     header, tensors = load(run_dir)
     unknown = sorted(set(header) - _HEADER_KEYS)
     if unknown:

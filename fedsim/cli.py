@@ -12,6 +12,7 @@ import logging
 import re
 import signal
 import sys
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
@@ -20,8 +21,12 @@ from typing import Annotated, Any
 import click
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from fedsim.config import ENGINES, LOSSES, load_scenario, parse_assignment, parse_value
 from fedsim.errors import ConfigError, FedsimError
+from fedsim.plugins import add_working_directory
+from fedsim.progress import progress_bar
 
 app = typer.Typer(
     add_completion=False,
@@ -44,8 +49,6 @@ DataDirOpt = Annotated[
 
 
 def _overrides(items: list[str] | None) -> dict[str, object]:
-    from fedsim.config import parse_assignment
-
     return dict(parse_assignment(item) for item in items or [])
 
 
@@ -100,7 +103,7 @@ def run(
         typer.Option("--out", "-o", help="Results folder (default runs/<scenario stem>)."),
     ] = None,
     engine: Annotated[
-        str | None, typer.Option("--engine", help="local, ray or flower (default: scenario's).")
+        str | None, typer.Option("--engine", help=f"{', '.join(ENGINES)} (default: scenario's).")
     ] = None,
     data_dir: DataDirOpt = None,
     ray_address: Annotated[
@@ -120,7 +123,7 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO level.")] = False,
 ) -> None:
     """Run a scenario and write its results folder (or continue one with --resume)."""
-    import fedsim.runner
+    import fedsim.runner  # torch and flwr: start-up of every command
 
     if verbose:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -129,8 +132,8 @@ def run(
         overrides["ray.address"] = ray_address
     if vectorize:
         overrides["vectorize"] = True
-    if engine is not None and engine not in ("local", "ray", "flower"):
-        raise ConfigError(f"--engine: expected local, ray or flower, got {engine!r}")
+    if engine is not None and engine not in ENGINES:
+        raise ConfigError(f"--engine: expected {', '.join(ENGINES)}, got {engine!r}")
     report, stop = _progress(quiet)
     kwargs: dict[str, Any] = dict(engine=engine, data_dir=data_dir, progress=report)
     try:
@@ -180,7 +183,6 @@ def _progress(
             sys.stderr.flush()
 
         return line, lambda: None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(
         TextColumn("[bold]round"),
@@ -206,10 +208,10 @@ def _progress(
 def list_() -> None:
     """List the built-in datasets, partitioners, strategies, models, losses and optimisers,
     and the signature of each kind of plug-in given by reference ("package.module:attr")."""
-    from fedsim.config import LOSSES, MODELS, OPTIMIZERS, PARTITIONERS, TABULAR_FILES
-    from fedsim.data import REGISTRY
+    from fedsim.config import MODELS, OPTIMIZERS, PARTITIONERS, TABULAR_FILES
+    from fedsim.data import REGISTRY  # pandas: start-up of every command
     from fedsim.plugins import SIGNATURES
-    from fedsim.strategies.registry import REGISTRY as STRATEGIES
+    from fedsim.strategies.registry import REGISTRY as STRATEGIES  # flwr: start-up
 
     def plugin(key: str) -> None:
         typer.echo(f'  or {key} = "package.module:attr": {SIGNATURES[key]}')
@@ -265,8 +267,7 @@ def sweep(
     ] = None,
 ) -> None:
     """Run a scenario over a grid of overrides and seeds; print final accuracy mean ± std."""
-    from fedsim.config import parse_value
-    from fedsim.study import format_table, run_grid, summarise, to_markdown
+    from fedsim.study import format_table, run_grid, summarise, to_markdown  # pandas: start-up
 
     if seeds < 1:
         raise ConfigError(f"--seeds: expected at least 1, got {seeds}")
@@ -314,7 +315,7 @@ def pid(
     counts: Annotated[Path, typer.Argument(help="CSV: columns z, yhat, s, count (y optional).")],
 ) -> None:
     """Decompose global and local disparity of your own count table (bits)."""
-    from fedsim.fairness.pid import pid_from_csv
+    from fedsim.fairness.pid_tables import pid_from_csv  # cvxpy: start-up
 
     res = pid_from_csv(counts)
     typer.echo(f"global disparity I(Z;Yhat)   {res.global_disparity:.6f} bits")
@@ -343,11 +344,8 @@ def bounds(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """AGLFOP frontier: best accuracy under global and local disparity budgets (bits)."""
-    import time
-
-    from fedsim import bounds as aglfop_bounds
-    from fedsim.config import load_scenario
-    from fedsim.results import atomic_write_text
+    from fedsim import bounds as aglfop_bounds  # pandas: start-up
+    from fedsim.results import atomic_write_text  # pandas: start-up
 
     sc = load_scenario(scenario, _overrides(set_))
     size = grid if grid is not None else sc.fairness.bounds_grid
@@ -396,8 +394,8 @@ def report(
     RUN_DIR may also be a sweep's CSV (or a folder with runs.csv): then the comparison
     figure across its runs (mean ± std over seeds) is written instead.
     """
-    from fedsim.bounds import progress_bar, write_report
-    from fedsim.report_figures import sweep_csv, write_sweep_figures
+    from fedsim.report_figures import sweep_csv, write_sweep_figures  # pandas: start-up
+    from fedsim.report_run import write_report  # pandas, matplotlib: start-up
 
     if (csv := sweep_csv(run_dir)) is not None:
         typer.echo("wrote " + ", ".join(map(str, write_sweep_figures(csv, figures))))
@@ -419,8 +417,6 @@ def main(argv: list[str] | None = None) -> None:
     from fedsim.runner import RunInterrupted
 
     _quiet_flower()
-    from fedsim.plugins import add_working_directory
-
     add_working_directory()  # plug-in references to modules beside the user
     received: list[int] = []
     saved = _catch_signals(received)
@@ -523,7 +519,7 @@ def deploy_certs(
     days: Annotated[int, typer.Option("--days", help="Certificate validity in days.")] = 365,
 ) -> None:
     """Create a CA and the SuperLink's TLS certificate (127.0.0.1 and localhost included)."""
-    from fedsim import deploy
+    from fedsim import deploy  # pandas: start-up
 
     certs = deploy.make_certificates(folder, [h for h in hosts.split(",") if h.strip()], days)
     typer.echo(f"CA certificate {certs.ca} (copy it to every SuperNode and flwr host)")
@@ -537,7 +533,7 @@ def deploy_keygen(
     names: Annotated[list[str], typer.Argument(help="Key names, e.g. node-0 node-1.")],
 ) -> None:
     """Create SuperNode key pairs (P-384, OpenSSH) in DIR/keys."""
-    from fedsim import deploy
+    from fedsim import deploy  # pandas: start-up
 
     for name in names:
         key = deploy.make_node_key(folder, name)
@@ -565,7 +561,7 @@ def deploy_superlink(
     ] = None,
 ) -> None:
     """Start the SuperLink on 127.0.0.1 and a TLS proxy exposing only its Fleet API."""
-    from fedsim import deploy
+    from fedsim import deploy  # pandas: start-up
 
     proc = deploy.start_superlink(folder, host=host, port=port, local_port=local_port, user=user)
     component = deploy.Component.at(folder, "superlink")
@@ -583,7 +579,7 @@ def deploy_register(
     superlink: SuperlinkOpt,
 ) -> None:
     """Register SuperNode public keys with the SuperLink (flwr supernode register)."""
-    from fedsim import deploy
+    from fedsim import deploy  # pandas: start-up
 
     for key in public_keys:
         node_id = deploy.register_node(folder, key, superlink)
@@ -605,7 +601,7 @@ def deploy_supernode(
     ] = 9094,
 ) -> None:
     """Start a SuperNode in the background for one partition."""
-    from fedsim import deploy
+    from fedsim import deploy  # pandas: start-up
 
     proc = deploy.start_supernode(
         folder,
@@ -628,7 +624,7 @@ def deploy_supernode(
 @deploy_app.command("nodes")
 def deploy_nodes(folder: DeployDir, superlink: SuperlinkOpt) -> None:
     """List the SuperLink's SuperNodes and their status."""
-    from fedsim import deploy
+    from fedsim import deploy  # pandas: start-up
 
     for node in deploy.list_nodes(folder, superlink):
         typer.echo(f"{node.get('node-id')}  {node.get('status')}")
@@ -649,8 +645,8 @@ def deploy_run(
     ] = None,
 ) -> None:
     """Run a scenario on the deployment (flwr run) and report its final accuracy."""
-    from fedsim import deploy
-    from fedsim.runner import resolve
+    from fedsim import deploy  # pandas: start-up
+    from fedsim.runner import resolve  # torch and flwr: start-up
 
     sc = resolve(scenario, _overrides(set_))
     out = out.expanduser().resolve()
@@ -672,7 +668,7 @@ def deploy_stop(
     ] = 10.0,
 ) -> None:
     """Stop every component started from DIR on this machine (by their pid files)."""
-    from fedsim import deploy
+    from fedsim import deploy  # pandas: start-up
 
     stopped = deploy.stop_all(folder, grace_s=grace)
     typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")

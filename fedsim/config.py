@@ -27,6 +27,9 @@ from fedsim.plugins import is_valid_reference
 #: Deepest nesting accepted in a free-form table (deeper input is refused, not recursed).
 MAX_DEPTH = 32
 Engine = Literal["local", "ray", "flower"]
+#: The engines, each ``fedsim/engine/<name>.py`` with ``run_<name>`` (the runner finds
+#: them by that name; the CLI lists and checks them from here).
+ENGINES: tuple[str, ...] = get_args(Engine)
 Device = Literal["cpu", "cuda", "auto"]
 
 

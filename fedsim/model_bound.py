@@ -15,13 +15,14 @@ frontier on the grids of the model-agnostic one, the optimum at the model's own
 disparities and ``H(Z)`` (the scale of every "bits" axis in the report).
 
 Wiring: :func:`with_model_bound` takes the :class:`~fedsim.fairness.report.ReportInputs`
-that ``fedsim.bounds.write_report`` builds and returns them with the model-specific
+that ``fedsim.report_run.write_report`` builds and returns them with the model-specific
 fields filled; call it between building the inputs and ``build_report``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import tomllib
 from dataclasses import dataclass
@@ -32,8 +33,13 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from fedsim.errors import FedsimError
+from fedsim import results
+from fedsim.config import load_scenario
+from fedsim.data import build_federated
+from fedsim.errors import ConfigError, DataError, FedsimError
+from fedsim.fairness.aglfop_feasible import accuracy, disparities_bits, entropy_bits
 from fedsim.fairness.report import ReportInputs
+from fedsim.fairness.roc import hull_points, roc_points
 
 __all__ = ["ModelBound", "ModelScores", "model_bound", "score_test_split", "with_model_bound"]
 
@@ -92,13 +98,9 @@ def score_test_split(
     DataError
         The data cannot be rebuilt, the label is not binary, or the weights do not fit.
     """
-    import torch
+    import torch  # torch: start-up of `fedsim report`; only when a model is scored
 
-    from fedsim import results
-    from fedsim.clients.models import build_model
-    from fedsim.config import load_scenario
-    from fedsim.data import build_federated
-    from fedsim.errors import ConfigError, DataError
+    from fedsim.clients.models import build_model  # torch: as above
 
     if not config_toml:
         raise ConfigError("report: the run folder has no config.toml to rebuild its test split")
@@ -116,7 +118,7 @@ def score_test_split(
         model.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
     except (OSError, RuntimeError, KeyError) as exc:
         raise DataError(f"report: cannot load the run's model.safetensors: {exc}") from exc
-    from fedsim.clients.training import predict
+    from fedsim.clients.training import predict  # torch: as above
 
     parts = []
     for k, c in enumerate(data.clients):
@@ -146,9 +148,7 @@ def model_bound(
     test split), where the model itself is a feasible classifier of the model-specific
     problem, so the bound is never below its accuracy.
     """
-    from fedsim.fairness.aglfop import frontier, solve
-    from fedsim.fairness.aglfop_feasible import accuracy, disparities_bits, entropy_bits
-    from fedsim.fairness.roc import hull_points, roc_points
+    from fedsim.fairness.aglfop import frontier, solve  # cvxpy: only when a model is scored
 
     counts = scored.counts()
     curves = roc_points(scored.scores, scored.labels, scored.groups, num_groups=scored.num_groups)
@@ -216,8 +216,6 @@ def with_model_bound(
 
 def _stored_entropy_z(run_dir: Path) -> float:
     """``H(Z)`` from the run's ``frontier.json`` (NaN when it has none)."""
-    import json
-
     try:
         record = json.loads((run_dir / "frontier.json").read_text())
         return float(record["information_bits"]["H(Z)"])

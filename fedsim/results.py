@@ -10,6 +10,7 @@ half-written file under a final name.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from safetensors.numpy import load_file, save
 
 CONFIG = "config.toml"
 METRICS = "metrics.parquet"
@@ -69,23 +71,17 @@ def metrics_frame(rows: Iterable[tuple[int, str, str, float]]) -> pd.DataFrame:
 
 
 def frame_to_parquet_bytes(frame: pd.DataFrame) -> bytes:
-    import io
-
     buf = io.BytesIO()
     frame.to_parquet(buf, index=False)
     return buf.getvalue()
 
 
 def arrays_to_safetensors(arrays: Mapping[str, np.ndarray]) -> bytes:
-    from safetensors.numpy import save
-
     return save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
 
 
 def load_weights(run_dir: str | Path) -> dict[str, np.ndarray]:
     """The final global weights of a run (safetensors: no code is executed)."""
-    from safetensors.numpy import load_file
-
     return load_file(str(Path(run_dir) / MODEL))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -12,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from fedsim import checkpoint, preflight, results, rundir
-from fedsim.config import Scenario, build, load_scenario
+from fedsim.bounds import run_frontier_files
+from fedsim.config import ENGINES, Scenario, build, load_scenario
 from fedsim.engine.core import RunRecorder, build_stack, initial_arrays
 from fedsim.errors import ConfigError
 from fedsim.plugins import api_overrides, require_importable
@@ -277,8 +279,6 @@ def _run_locked(
     if out_dir is not None:
         extra: dict[str, bytes] = {}
         if sc.fairness.enabled and sc.fairness.bounds:  # AGLFOP frontier on the run's test rows
-            from fedsim.bounds import run_frontier_files
-
             extra = run_frontier_files(sc, frame, state.accountant, run_config)
         results.write_run(out_dir, config_toml, frame, arrays, summary, extra_files=extra)
     return RunResult(sc, frame, summary, arrays, out_dir, run_config)
@@ -335,7 +335,7 @@ def _prepare(sc: Scenario, run_config: dict[str, str], resume_from: Path | None)
     outer, inner = stack
     accountant = None
     if sc.fairness.enabled:
-        from fedsim.strategies.fairness_accounting import FairnessAccounting
+        from fedsim.strategies.fairness_accounting import FairnessAccounting  # cvxpy: start-up
 
         accountant = outer.inner if isinstance(outer.inner, FairnessAccounting) else None
     start = _Start(recorder, stack, accountant)
@@ -349,19 +349,13 @@ def _prepare(sc: Scenario, run_config: dict[str, str], resume_from: Path | None)
 
 
 def _engine(name: str) -> Callable[..., Any]:
-    if name == "local":
-        from fedsim.engine.local import run_local
-
-        return run_local
-    if name == "ray":
-        from fedsim.engine.ray import run_ray
-
-        return run_ray
-    if name == "flower":
-        from fedsim.engine.flower import run_flower
-
-        return run_flower
-    raise ConfigError(f"engine: unknown engine {name!r} (expected local, ray or flower)")
+    """The run function of engine ``name``: ``run_<name>`` in ``fedsim.engine.<name>``."""
+    if name not in ENGINES:
+        raise ConfigError(f"engine: unknown engine {name!r} (expected {', '.join(ENGINES)})")
+    # By name, when asked for: each engine brings its own runtime (Ray, Flower's processes).
+    module = importlib.import_module(f"fedsim.engine.{name}")
+    run: Callable[..., Any] = getattr(module, f"run_{name}")
+    return run
 
 
 def resume(

@@ -129,6 +129,7 @@ def run_grid(
     fedsim.errors.FedsimError
         For any other user error a run meets (e.g. a missing dataset file).
     """
+    # torch and flwr: start-up of the CLI and of fedsim.study
     from fedsim.preflight import check_scenario
     from fedsim.runner import resolve
 

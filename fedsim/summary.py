@@ -31,9 +31,9 @@ def make_summary(
     round_times: list[float] | None = None,
 ) -> dict[str, Any]:
     """Final and best server metrics, timings and versions."""
-    # Imported when called: only for their version strings.
+    # Imported when called (start-up time): only for their version strings.
     import flwr
-    import torch
+    import torch  # as flwr above
 
     server = frame[frame.client == "server"]
     final: dict[str, float] = {}

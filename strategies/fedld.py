@@ -11,62 +11,23 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 import numpy as np
 from fedsim.strategies.principal import DEFAULT_MEAN_ONLY, aggregate_principal
+from fedsim.strategies.records import RecordView
+from fedsim.strategies.screening_rules import reply_problem
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from numpy.typing import NDArray
 
-from fedsim.engine._flower_compat import array_view
 from fedsim.errors import AggregationError, CheckpointError, ConfigError
 
 __all__ = ["FedLD"]
 
 logger = logging.getLogger(__name__)
-
-
-class _RecordView(Mapping[str, NDArray[Any]]):
-    """Lazy numpy view of an ArrayRecord: each value is decoded when it is read."""
-
-    def __init__(self, record: ArrayRecord) -> None:
-        self._record = record
-
-    def __getitem__(self, key: str) -> NDArray[Any]:
-        return array_view(self._record[key])
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._record)
-
-    def __len__(self) -> int:
-        return len(self._record)
-
-
-def _reply_problem(
-    content: RecordDict, current: Mapping[str, NDArray[Any]], weighted_by_key: str
-) -> str | None:
-    """Why a reply cannot be aggregated, or None when it can."""
-    if len(content.array_records) != 1 or len(content.metric_records) != 1:
-        return "expected exactly one ArrayRecord and one MetricRecord"
-    weight = next(iter(content.metric_records.values())).get(weighted_by_key)
-    if isinstance(weight, bool) or not isinstance(weight, int | float):
-        return f"metric {weighted_by_key!r} missing or not a number"
-    if not (math.isfinite(weight) and weight > 0):
-        return f"metric {weighted_by_key!r} = {weight} is not a positive number"
-    record = next(iter(content.array_records.values()))
-    if set(record) != set(current):
-        missing, extra = sorted(set(current) - set(record)), sorted(set(record) - set(current))
-        return f"array keys differ from the global arrays (missing {missing}, extra {extra})"
-    for key, expected in current.items():
-        array = array_view(record[key])
-        if array.shape != expected.shape:
-            return f"{key!r} has shape {array.shape}, expected {expected.shape}"
-        if np.issubdtype(array.dtype, np.inexact) and not np.all(np.isfinite(array)):
-            return f"{key!r} contains NaN/Inf"
-    return None
 
 
 def _name_patterns(mean_only: Iterable[str]) -> tuple[str, ...]:
@@ -209,7 +170,7 @@ class FedLD(FedAvg):
                 f"FedLD.aggregate_train(round {server_round}) needs the arrays sent by "
                 "configure_train for that round; call configure_train first"
             )
-        current = dict(_RecordView(self._sent[1]))
+        current = dict(RecordView(self._sent[1]))
         kept, dropped = self._screen(replies, current)
         valid, _ = self._check_and_log_replies(kept, is_train=True)
         if not valid:
@@ -222,7 +183,7 @@ class FedLD(FedAvg):
         contents = [msg.content for msg in valid]
         aggregated = aggregate_principal(
             current,
-            [_RecordView(next(iter(c.array_records.values()))) for c in contents],
+            [RecordView(next(iter(c.array_records.values()))) for c in contents],
             self._weights(contents),
             keep_ratio=self.keep_ratio,
             server_lr=self.server_lr,
@@ -241,16 +202,25 @@ class FedLD(FedAvg):
         """Keep error replies (FedAvg logs them) and usable ones; count the rest."""
         kept: list[Message] = []
         dropped = 0
+        expected = {key: tuple(array.shape) for key, array in current.items()}
         for msg in replies:
             problem = None
             if not msg.has_error():
-                problem = _reply_problem(msg.content, current, self.weighted_by_key)
+                content = msg.content
+                records = list(content.array_records.values())
+                problem = reply_problem(
+                    len(records),
+                    list(content.metric_records.values()),
+                    RecordView(records[0]) if len(records) == 1 else None,
+                    expected,
+                    weight_key=self.weighted_by_key,
+                )
             if problem is None:
                 kept.append(msg)
             else:
                 dropped += 1
                 node = msg.metadata.src_node_id
-                logger.warning("FedLD: dropped reply from node %d: %s", node, problem)
+                logger.warning("FedLD: dropped reply from node %d: %s", node, problem.reason)
         return kept, dropped
 
     def _weights(self, contents: list[RecordDict]) -> list[float] | None:

@@ -170,6 +170,18 @@ def principal_gradient(
     ------
     AggregationError
         If ``deltas`` is not 2-D with M ≥ 1, is non-finite, or an option is invalid.
+
+    Examples
+    --------
+    With ``keep_ratio = 0.25`` of four clients one direction is kept, ``v = (1, 0)``,
+    weighted ``λ_1 / Σλ = 10 / 12``; the clients orthogonal to it contribute nothing:
+
+    >>> import numpy as np
+    >>> deltas = np.array([[3.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    >>> np.round(principal_gradient(deltas, keep_ratio=0.25), 4).tolist()
+    [0.8333, 0.0]
+    >>> principal_gradient(np.array([[0.5, -1.0]])).tolist()  # one client: its delta
+    [0.5, -1.0]
     """
     x = np.asarray(deltas)
     if x.ndim != 2 or x.shape[0] == 0:

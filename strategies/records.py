@@ -6,10 +6,13 @@ Arrays are read through :func:`fedsim.engine._flower_compat.array_view` (zero-co
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
+from typing import Any
 
-import numpy as np
 from fedsim.clients import keys
+from fedsim.strategies.screening_rules import is_finite
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from numpy.typing import NDArray
 
 from fedsim.engine._flower_compat import array_view
 
@@ -46,8 +49,20 @@ def array_signature(record: ArrayRecord) -> dict[str, tuple[int, ...]]:
 
 def all_finite(record: ArrayRecord) -> bool:
     """True when no array holds NaN or ±Inf (checked on zero-copy views)."""
-    for arr in record.values():
-        values = array_view(arr)
-        if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
-            return False
-    return True
+    return all(is_finite(array_view(arr)) for arr in record.values())
+
+
+class RecordView(Mapping[str, NDArray[Any]]):
+    """Lazy numpy view of an ArrayRecord: each value is decoded when it is read."""
+
+    def __init__(self, record: ArrayRecord) -> None:
+        self._record = record
+
+    def __getitem__(self, key: str) -> NDArray[Any]:
+        return array_view(self._record[key])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._record)
+
+    def __len__(self) -> int:
+        return len(self._record)

@@ -3,10 +3,12 @@
 :class:`Screened` wraps any Flower strategy (composition: the inner strategy's round
 loop, sampling and aggregation are untouched). Before aggregation it drops replies
 that carry an error, that hold non-finite arrays, or whose arrays do not match the
-keys and shapes of the model that was sent, and records how many it dropped. With no
-usable reply the round keeps the current model and says so. An aggregate that is not
-finite (a server optimiser that overflows, say) is not applied either: the previous
-model is kept and the round counts one ``nonfinite-aggregate``.
+keys and shapes of the model that was sent (the rules are
+:func:`fedsim.strategies.screening_rules.reply_problem`'s, shared with FedLD), and
+records how many it dropped. With no usable reply the round keeps the current model
+and says so. An aggregate that is not finite (a server optimiser that overflows, say)
+is not applied either: the previous model is kept and the round counts one
+``nonfinite-aggregate``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from fedsim.strategies.records import all_finite, array_signature
+from fedsim.strategies.records import RecordView, all_finite, array_signature
+from fedsim.strategies.screening_rules import NONFINITE as NONFINITE_RULE
+from fedsim.strategies.screening_rules import reply_problem
 from fedsim.strategies.wrapper import StrategyWrapper
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
@@ -106,16 +110,18 @@ class Screened(StrategyWrapper):
         for msg in replies:
             if msg.has_error():
                 counts[FAILED] += 1
-            elif len(msg.content.metric_records) != 1 or (
-                train and len(msg.content.array_records) != 1
-            ):
-                counts[MALFORMED] += 1
-            elif train and array_signature(_arrays(msg)) != self._sent:
-                counts[MALFORMED] += 1
-            elif train and not all_finite(_arrays(msg)):
-                counts[NONFINITE] += 1
-            else:
+                continue
+            content = msg.content
+            problem = reply_problem(
+                len(content.array_records),
+                list(content.metric_records.values()),
+                _arrays(msg) if len(content.array_records) == 1 else None,
+                self._sent if train else None,
+            )
+            if problem is None:
                 usable.append(msg)
+            else:
+                counts[NONFINITE if problem.kind == NONFINITE_RULE else MALFORMED] += 1
         counts[USABLE] = len(usable)
         dropped = len(replies) - len(usable)
         if dropped:
@@ -123,8 +129,8 @@ class Screened(StrategyWrapper):
         return usable, counts
 
 
-def _arrays(msg: Message) -> ArrayRecord:
-    return next(iter(msg.content.array_records.values()))
+def _arrays(msg: Message) -> RecordView:
+    return RecordView(next(iter(msg.content.array_records.values())))
 
 
 def _with_counts(metrics: MetricRecord | None, counts: dict[str, int]) -> MetricRecord:

@@ -2,7 +2,8 @@
 
 Imports inside functions count as much as module-level ones: a lazy import hides a
 cycle from Python, not from the design. Only ``if TYPE_CHECKING:`` blocks are skipped
-(they never run).
+(they never run). A lazy import of a project module says why it is lazy, in a comment
+on its line or the line above.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ LAYERS: dict[str, int] = {
     "fedsim.fairness.information": PURE,
     "fedsim.fairness.metrics": PURE,
     "fedsim.fairness.pid": PURE,
+    "fedsim.fairness.pid_tables": PURE,
     "fedsim.fairness.roc": PURE,
     "fedsim.fairness.aglfop": PURE,
     "fedsim.fairness.accounting": PURE,
@@ -99,6 +101,7 @@ LAYERS: dict[str, int] = {
     "fedsim.report_run": ORCHESTRATION,
     "fedsim.report_figures": ORCHESTRATION,
     "fedsim.predictions": ORCHESTRATION,
+    "fedsim.progress": ORCHESTRATION,
     "fedsim.cli": ORCHESTRATION,
     "fedsim.deploy": ORCHESTRATION,
 }
@@ -264,3 +267,76 @@ def test_base_and_maths_modules_import_neither_flower_nor_ray(name: str) -> None
     names = imported_names(name, MODULES[name])
     offenders = sorted(n for n in names if n.split(".")[0] in RUNTIME_PACKAGES)
     assert not offenders, f"{name} imports {offenders}"
+
+
+#: Why an import may wait until a function runs: start-up time of a heavy package, an
+#: optional dependency, or a known cycle (see KNOWN_CYCLES). A lazy import's comment
+#: names one of these.
+LAZY_REASONS = (
+    "start-up",
+    "torch",
+    "flwr",
+    "ray",
+    "cvxpy",
+    "matplotlib",
+    "pandas",
+    "sklearn",
+    "optional",
+    "cycle",
+)
+
+
+def lazy_imports_without_reason(source: str) -> list[int]:
+    """Lines of function-level imports of ``fedsim`` modules whose comment gives no reason.
+
+    The comment sits on the import's first line or on the line just above it.
+    """
+    tree = ast.parse(source)
+    lines = source.splitlines()
+    skipped = _type_checking_nodes(tree)
+    bad = []
+    for func in ast.walk(tree):
+        if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for node in ast.walk(func):
+            if id(node) in skipped:
+                continue
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                targets = ["fedsim" if node.level else node.module or ""]
+            else:
+                continue
+            if not any(t == "fedsim" or t.startswith("fedsim.") for t in targets):
+                continue
+            line = lines[node.lineno - 1]
+            above = lines[node.lineno - 2].strip() if node.lineno > 1 else ""
+            comment = line[line.index("#") :] if "#" in line else ""
+            if above.startswith("#"):
+                comment += above
+            if not any(reason in comment.lower() for reason in LAZY_REASONS):
+                bad.append(node.lineno)
+    return bad
+
+
+def test_the_lazy_import_check_wants_a_reason_on_the_line_or_above() -> None:
+    source = (
+        "def f():\n"
+        "    from fedsim import runner\n"  # line 2: no reason
+        "    from fedsim import deploy  # pandas: start-up\n"
+        "    # torch: start-up\n"
+        "    from fedsim.clients import models\n"
+        "    import json\n"  # not a project module
+        "    from fedsim import study  # lazy\n"  # line 7: a comment, but no reason
+    )
+    assert lazy_imports_without_reason(source) == [2, 7]
+
+
+@pytest.mark.parametrize("name", sorted(MODULES), ids=str)
+def test_lazy_project_imports_say_why_they_are_lazy(name: str) -> None:
+    bad = lazy_imports_without_reason(MODULES[name].read_text("utf-8"))
+    assert not bad, (
+        f"{MODULES[name]}: function-level import(s) at line(s) {bad} need a comment naming "
+        f"why (one of {', '.join(LAZY_REASONS)}) on the line or the line above, or move to "
+        "module level"
+    )

@@ -34,6 +34,7 @@ from fedsim.deploy.commands import (
 from fedsim.deploy.errors import DeployError
 from fedsim.deploy.processes import Component, grant, start, stop, tail, wait_for_port
 from fedsim.deploy.proxy import proxy_command, write_proxy_config
+from fedsim.server_files import ERROR, raise_recorded_error
 
 
 def start_superlink(
@@ -225,7 +226,7 @@ def submit_run(
     runs there). Returns ``flwr run``'s exit code (None: it timed out and was killed;
     its output is in ``cli/flwr-run.log``).
     """
-    from fedsim.engine.flower import project_root
+    from fedsim.engine.flower import project_root  # torch and flwr: start-up of `fedsim deploy`
 
     cli = flwr_cli(deployment, superlink)
     rc_file = cli.folder / "run-config.toml"
@@ -349,8 +350,6 @@ def run_scenario(
     DeployError
         When ``flwr run`` failed or timed out (with the tail of its output).
     """
-    from fedsim.server_files import ERROR, raise_recorded_error
-
     for stale in (Path(out_dir) / ERROR, Path(out_dir) / results.SUMMARY):
         stale.unlink(missing_ok=True)  # from an earlier run into the same folder
     code = submit_run(

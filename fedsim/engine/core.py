@@ -96,7 +96,7 @@ def build_stack(
     inner = build_strategy(scenario.strategy, data.num_clients, scenario.client.lr)
     core: Strategy = inner
     if scenario.fairness.enabled:
-        from fedsim.strategies.fairness_accounting import FairnessAccounting
+        from fedsim.strategies.fairness_accounting import FairnessAccounting  # cvxpy: start-up
 
         core = FairnessAccounting(
             inner,

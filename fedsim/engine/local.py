@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flwr.app import ArrayRecord, Message
+from flwr.app import ArrayRecord, Message, MessageType
 
 from fedsim.clients.app import client_app
+from fedsim.clients.cohort import handle_train_cohort
+from fedsim.clients.vectorized import unsupported_settings
 from fedsim.config import Scenario
 from fedsim.engine.core import Execution, RoundHook, RunRecorder, execute
 from fedsim.engine.grid import (
@@ -43,8 +45,6 @@ def run_local(
     contexts = make_contexts(run_id, runtime.data.num_clients, run_config)
     handler = local_handler(client_app, contexts)
     if scenario.vectorize:
-        from fedsim.clients.vectorized import unsupported_settings
-
         reason = unsupported_settings(scenario.client)
         if reason is None:
             handler = cohort_handler(handler, contexts)
@@ -66,9 +66,6 @@ def run_local(
 
 def cohort_handler(handler: Handler, contexts: dict) -> Handler:
     """Train messages as one vectorised cohort; everything else through ``handler``."""
-    from flwr.app import MessageType
-
-    from fedsim.clients.cohort import handle_train_cohort
 
     def handle(batch: list[Message]) -> list[Message]:
         if not batch or any(m.metadata.message_type != MessageType.TRAIN for m in batch):

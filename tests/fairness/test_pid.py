@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from fedsim.fairness.information import conditional_mutual_information, mutual_information
-from fedsim.fairness.pid import PIDResult, decompose, decompose_counts_frame, pid_from_csv
+from fedsim.fairness.pid import PIDResult, decompose
+from fedsim.fairness.pid_tables import decompose_counts_frame, pid_from_csv
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays

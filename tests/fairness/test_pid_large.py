@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from fedsim.fairness.information import conditional_mutual_information, mutual_information
-from fedsim.fairness.pid import BLOCK_BARRIER, LARGE_K_CLIENTS, PIDResult, decompose, pid_from_csv
+from fedsim.fairness.pid import BLOCK_BARRIER, LARGE_K_CLIENTS, PIDResult, decompose
+from fedsim.fairness.pid_tables import pid_from_csv
 
 from fedsim.errors import SolverError
 

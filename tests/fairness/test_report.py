@@ -25,7 +25,7 @@ from fedsim.fairness.report import (
 )
 
 import fedsim
-from fedsim import bounds
+from fedsim import bounds, report_run
 from fedsim.cli import main
 from tests.conftest import SMALL
 
@@ -59,7 +59,7 @@ def plain_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run without fairness accounting, reported."""
     out = tmp_path_factory.mktemp("plain") / "run"
     fedsim.run(DEFAULT, SMALL, out=out)
-    bounds.write_report(out)
+    report_run.write_report(out)
     return out
 
 
@@ -174,7 +174,7 @@ def test_report_computes_a_missing_frontier_from_the_checkpoint(
     last = f"fairness/counts/{FAIR['rounds']}"
     doubled = _edit_checkpoint_tensor(copy, last, lambda counts: 2 * counts)
     calls: list[tuple[int, int]] = []
-    files = bounds.write_report(copy, progress=lambda done, total: calls.append((done, total)))
+    files = report_run.write_report(copy, progress=lambda done, total: calls.append((done, total)))
     assert files.frontier_computed and calls[-1] == (16, 16)
     record = json.loads((copy / bounds.FRONTIER_JSON).read_text())
     assert record["counts_source"]["from"] == "checkpoint"
@@ -184,8 +184,8 @@ def test_report_computes_a_missing_frontier_from_the_checkpoint(
     np.testing.assert_allclose(again.accuracy, stored.accuracy, atol=1e-6)
     achieved = pd.read_csv(copy / TABLE_FILES["achieved"]).iloc[0]
     assert achieved["bound_accuracy"] >= achieved["accuracy"] - 1e-6
-    assert not bounds.write_report(copy).frontier_computed  # now it is reused
-    assert bounds.write_report(copy, grid=3).frontier_computed  # another grid: recomputed
+    assert not report_run.write_report(copy).frontier_computed  # now it is reused
+    assert report_run.write_report(copy, grid=3).frontier_computed  # another grid: recomputed
     assert len(pd.read_csv(copy / TABLE_FILES["frontier"])) == 9
 
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from fedsim.data import load_dataset
-from fedsim.data.datasets import ALL_FILES, synthetic_dataset
+from fedsim.data.datasets import synthetic_dataset
 from fedsim.data.files import fetch
+from fedsim.data.sources import ALL_FILES
 from fedsim.errors import ConfigError, DataError
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from fedsim.strategies.fedld import FedLD
 from fedsim.strategies.principal import aggregate_principal
+from fedsim.strategies.screening import MALFORMED, NONFINITE, USABLE, Screened
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -306,3 +307,23 @@ def test_array_view_falls_back_to_a_copy() -> None:
 def test_mean_only_that_is_not_a_list_of_names_is_one_config_error(mean_only: object) -> None:
     with pytest.raises(ConfigError, match="mean_only must be a list of parameter-name"):
         FedLD(mean_only=mean_only)  # type: ignore[arg-type]
+
+
+def test_screening_wrapper_and_fedld_drop_the_same_replies() -> None:
+    rng = np.random.default_rng(25)
+    current = _float_model(rng)
+    good = {n: _client_model(rng, current, n) for n in (1, 2)}
+    nan = {k: np.full_like(v, np.nan) for k, v in current.items()}
+    transposed = {**current, "w": current["w"].T.copy()}
+    missing = {"w": current["w"]}
+    bad = {3: nan, 4: transposed, 5: missing}
+    counted = {}
+    for strategy in (FedLD(), Screened(FedAvg())):
+        msgs = _round(strategy, 2, current, [1, 2, 3, 4, 5])
+        replies = [_reply(msgs[n], m, 10) for n, m in (good | bad).items()]
+        _, metrics = strategy.aggregate_train(2, replies)
+        assert metrics is not None
+        counted[type(strategy).__name__] = metrics
+    assert counted["FedLD"]["fedld-dropped"] == 3 and counted["FedLD"]["fedld-usable"] == 2
+    screened = counted["Screened"]
+    assert (screened[MALFORMED], screened[NONFINITE], screened[USABLE]) == (2, 1, 2)
