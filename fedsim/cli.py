@@ -276,9 +276,9 @@ def report(
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning user errors into one line and exit code 2."""
     _quiet_flower()
-    from fedsim.plugins import add_working_directory
+    from fedsim.plugins import add_plugin_folders
 
-    add_working_directory()  # plug-in references to modules beside the user
+    add_plugin_folders(sys.argv[1:] if argv is None else argv)  # modules beside user/scenario
     try:
         app(args=argv, standalone_mode=False)
     except FedsimError as exc:
