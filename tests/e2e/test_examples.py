@@ -86,8 +86,10 @@ def _check_dataset(out: Path) -> None:
     table = pd.read_csv(out / "data" / "patients.csv")
     assert len(table) == 1200
     frame = pd.read_parquet(out / "metrics.parquet")
-    sizes = frame[frame.metric.str.startswith("num-examples")].groupby("client").value.max()
-    assert len(sizes) == 4  # natural partition: one client per hospital
+    rows = frame[frame.metric.isin(["num-examples-train", "num-examples-evaluate"])]
+    sizes = rows[rows["round"] == 1].groupby("client").value.sum()  # train + test rows
+    # natural partition: one client per hospital, holding exactly that hospital's rows
+    assert sorted(sizes) == sorted(table.hospital.value_counts())
     assert "global-disparity" in set(frame.metric)  # the loader's sensitive attribute
     assert str((out / "data" / "patients.csv").resolve()) in (out / "config.toml").read_text()
 
