@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fedsim.config import ENGINES, LOSSES, load_scenario, parse_assignment, parse_value
 from fedsim.errors import ConfigError, FedsimError
-from fedsim.plugins import add_working_directory
+from fedsim.plugins import add_plugin_folders
 from fedsim.progress import progress_bar
 
 app = typer.Typer(
@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> None:
     from fedsim.runner import RunInterrupted
 
     _quiet_flower()
-    add_working_directory()  # plug-in references to modules beside the user
+    add_plugin_folders(sys.argv[1:] if argv is None else argv)  # modules beside user/scenario
     received: list[int] = []
     saved = _catch_signals(received)
     try:

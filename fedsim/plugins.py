@@ -23,7 +23,8 @@ import importlib
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from fedsim.errors import ConfigError
@@ -174,6 +175,32 @@ def api_overrides(parts: dict[str, Any]) -> dict[str, str]:
     return {API_KEYS[k]: reference_for(v, API_KEYS[k]) for k, v in parts.items() if v is not None}
 
 
+def add_import_folder(folder: str | os.PathLike[str], *, last: bool = False) -> None:
+    """Make modules in ``folder`` importable, here and in child processes.
+
+    The folder (made absolute) goes on ``sys.path`` and on ``PYTHONPATH``, which the
+    Ray workers and Flower processes the engines start inherit, so a plug-in reference
+    ``"mymodule:attr"`` to ``folder/mymodule.py`` resolves in every engine.
+
+    Parameters
+    ----------
+    folder
+        The folder that holds the plug-in modules.
+    last
+        Put the folder after the entries already there instead of first, so that its
+        modules never shadow a module found elsewhere in this process. (Child
+        processes still search ``PYTHONPATH`` before site-packages: a module in the
+        folder must not be named like an installed package.)
+    """
+    path = str(Path(folder).resolve())
+    if path not in sys.path:
+        sys.path.insert(len(sys.path) if last else 0, path)
+    entries = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if path not in entries:
+        entries = [*entries, path] if last else [path, *entries]
+        os.environ["PYTHONPATH"] = os.pathsep.join(entries)
+
+
 def add_working_directory() -> None:
     """Make modules in the current directory importable, here and in child processes.
 
@@ -182,12 +209,28 @@ def add_working_directory() -> None:
     "mymodels:make_net"`` finds ``./mymodels.py`` in this process and, through
     ``PYTHONPATH``, in the Ray workers and Flower processes the engines start.
     """
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
-    entries = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if cwd not in entries:
-        os.environ["PYTHONPATH"] = os.pathsep.join([cwd, *entries])
+    add_import_folder(os.getcwd())
+
+
+def add_plugin_folders(args: Sequence[str]) -> None:
+    """The CLI's import path: the current directory, then every scenario file's folder.
+
+    ``fedsim run examples/custom_model.toml`` run from anywhere finds
+    ``examples/custom_model.py`` for ``model.name = "custom_model:make_net"``. The
+    current directory comes first (as before); the folder of each existing ``.toml``
+    file among ``args`` is added last, so a module beside a scenario never shadows
+    one found in the current directory or installed.
+
+    Parameters
+    ----------
+    args
+        The command-line arguments (``sys.argv[1:]``).
+    """
+    add_working_directory()
+    for arg in args:
+        path = Path(arg)
+        if path.suffix == ".toml" and path.is_file():
+            add_import_folder(path.parent, last=True)
 
 
 def describe(obj: Any) -> str:
