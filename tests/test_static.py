@@ -9,6 +9,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 FOLDERS = ["fedsim", "strategies", "clients", "fairness"]
+#: Checked by ruff too (not by mypy, which checks the installed packages).
+LINTED = [*FOLDERS, "tests", "bench", "examples"]
 #: Top-level source folders and the fedsim subpackage each installs as.
 SUBPACKAGES = {
     "clients": "fedsim.clients",
@@ -24,12 +26,12 @@ def _run(*cmd: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_lint_is_clean() -> None:
-    proc = _run("ruff", "check", *FOLDERS, "tests", "bench")
+    proc = _run("ruff", "check", *LINTED)
     assert proc.returncode == 0, proc.stdout[-4000:]
 
 
 def test_ruff_format_is_clean() -> None:
-    proc = _run("ruff", "format", "--check", *FOLDERS, "tests", "bench")
+    proc = _run("ruff", "format", "--check", *LINTED)
     assert proc.returncode == 0, proc.stdout[-4000:]
 
 
@@ -103,7 +105,7 @@ def _private_flower_access(path: Path) -> list[str]:
 def test_private_flower_parts_only_in_the_compat_module() -> None:
     offenders = [
         f"{path.relative_to(REPO)}: {', '.join(found)}"
-        for folder in (*FOLDERS, "tests", "bench")
+        for folder in (*LINTED,)
         for path in (REPO / folder).rglob("*.py")
         if str(path.relative_to(REPO)) not in FLOWER_SEAM
         and path != Path(__file__).resolve()
