@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from fedsim.strategies.records import all_finite, array_signature
+from fedsim.strategies.records import all_finite, array_signature, records_of
 from fedsim.strategies.wrapper import StrategyWrapper
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
@@ -106,13 +106,13 @@ class Screened(StrategyWrapper):
         for msg in replies:
             if msg.has_error():
                 counts[FAILED] += 1
-            elif len(msg.content.metric_records) != 1 or (
-                train and len(msg.content.array_records) != 1
-            ):
+                continue
+            arrays = records_of(msg.content, ArrayRecord)
+            if len(records_of(msg.content, MetricRecord)) != 1 or (train and len(arrays) != 1):
                 counts[MALFORMED] += 1
-            elif train and array_signature(_arrays(msg)) != self._sent:
+            elif train and array_signature(arrays[0]) != self._sent:
                 counts[MALFORMED] += 1
-            elif train and not all_finite(_arrays(msg)):
+            elif train and not all_finite(arrays[0]):
                 counts[NONFINITE] += 1
             else:
                 usable.append(msg)
@@ -121,10 +121,6 @@ class Screened(StrategyWrapper):
         if dropped:
             log.info("round screening dropped %d of %d replies: %s", dropped, len(replies), counts)
         return usable, counts
-
-
-def _arrays(msg: Message) -> ArrayRecord:
-    return next(iter(msg.content.array_records.values()))
 
 
 def _with_counts(metrics: MetricRecord | None, counts: dict[str, int]) -> MetricRecord:
