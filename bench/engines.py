@@ -139,12 +139,13 @@ def _tree_rss(root_pid: int, t0: float) -> int:
     return total
 
 
-def measure(mode: str, overrides: dict) -> dict:
+def measure(mode: str, overrides: dict, script: str = __file__) -> dict:
+    """Run ``script --child mode`` in a fresh process; wall, steady round, peak memory."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
         out = fh.name
     cmd = [
         sys.executable,
-        __file__,
+        script,
         "--child",
         mode,
         "--overrides",
