@@ -14,7 +14,6 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedsim.engine._flower_compat import array_view
 
-
 R = TypeVar("R", ArrayRecord, ConfigRecord, MetricRecord)
 
 

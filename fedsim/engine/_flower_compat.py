@@ -96,9 +96,7 @@ class NumpyArray(Array):
 
     def __init__(self, values: NDArray[Any]) -> None:  # pylint: disable=super-init-not-called
         # Array.__init__ would serialise; its fields are set as its own constructor does.
-        self.__dict__.update(
-            dtype=str(values.dtype), shape=tuple(values.shape), stype=_NPY_STYPE
-        )
+        self.__dict__.update(dtype=str(values.dtype), shape=tuple(values.shape), stype=_NPY_STYPE)
         self.__dict__["_values"] = values
         self.__dict__["_npy"] = None
 

@@ -108,7 +108,9 @@ def test_a_numpy_array_is_what_array_of_the_same_values_is() -> None:
         assert lazy.object_id == plain.object_id
         np.testing.assert_array_equal(lazy.numpy(), plain.numpy())
         assert lazy.numpy().flags.f_contiguous == plain.numpy().flags.f_contiguous
-    assert compat.array_record(_values()) == ArrayRecord({k: Array(v) for k, v in _values().items()})
+    assert compat.array_record(_values()) == ArrayRecord(
+        {k: Array(v) for k, v in _values().items()}
+    )
 
 
 def test_a_numpy_array_leaves_through_flower_transport_as_a_plain_array() -> None:

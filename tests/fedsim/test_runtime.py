@@ -21,7 +21,9 @@ def _runtime():  # type: ignore[no-untyped-def]
 def _record(seed: int) -> ArrayRecord:
     rt = _runtime()
     g = torch.Generator().manual_seed(seed)
-    return ArrayRecord({k: torch.randn(v.shape, generator=g) for k, v in rt.model.state_dict().items()})
+    return ArrayRecord(
+        {k: torch.randn(v.shape, generator=g) for k, v in rt.model.state_dict().items()}
+    )
 
 
 def test_every_client_of_a_record_starts_from_its_weights() -> None:
