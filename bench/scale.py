@@ -14,9 +14,9 @@ Modes:
   actor's clients as one cohort.
 
 Per mode and size it prints wall time, steady round (median round after the first,
-timed where the round loop runs), peak resident memory summed over the process tree
-(psutil; Ray's raylet and workers included), the ratios to the plain loop, and the sum
-of |final weights| (same work, same result: equal up to float rounding across
+timed where the round loop runs), peak resident memory summed over the child's process
+tree (psutil; Ray's GCS, raylet and workers descend from it), the ratios to the plain
+loop, and the sum of |final weights| (same work, same result: equal up to float rounding across
 vectorised and per-client modes). Ratios are measured in one run, never asserted;
 the machine's load average is printed, since it moves every figure.
 """
@@ -115,7 +115,8 @@ def main() -> None:
     for n in sizes:
         rows = []
         for mode in modes:
-            m = measure(mode, workload(n, args.rounds), script=__file__)
+            # Ray's processes all descend from the driver: other users' are not counted.
+            m = measure(mode, workload(n, args.rounds), script=__file__, orphans=False)
             m["mode"] = mode
             rows.append(m)
             print(f"  {n} clients, {mode}: wall {m['wall']:.1f}s", file=sys.stderr, flush=True)
