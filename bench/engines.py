@@ -111,7 +111,10 @@ def child_engine(mode: str, overrides: dict) -> dict:
 # ----------------------------------------------------------------------- parent
 
 
-def _tree_rss(root_pid: int, t0: float) -> int:
+def _tree_rss(root_pid: int, t0: float, orphans: bool = True) -> int:
+    """Resident memory of ``root_pid`` and its descendants; with ``orphans``, also of Ray
+    and Flower processes started since ``t0`` (Flower's SuperLink detaches; on a shared
+    machine this also counts other users' Ray processes)."""
     import psutil
 
     try:
@@ -121,7 +124,7 @@ def _tree_rss(root_pid: int, t0: float) -> int:
         return 0
     seen = {p.pid for p in procs}
     # Ray and Flower daemons may be re-parented; count them when they started after t0.
-    for p in psutil.process_iter(["pid", "cmdline", "create_time"]):
+    for p in psutil.process_iter(["pid", "cmdline", "create_time"]) if orphans else ():
         cmd = " ".join(p.info["cmdline"] or [])
         if (
             p.info["pid"] not in seen
@@ -139,12 +142,13 @@ def _tree_rss(root_pid: int, t0: float) -> int:
     return total
 
 
-def measure(mode: str, overrides: dict) -> dict:
+def measure(mode: str, overrides: dict, script: str = __file__, orphans: bool = True) -> dict:
+    """Run ``script --child mode`` in a fresh process; wall, steady round, peak memory."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
         out = fh.name
     cmd = [
         sys.executable,
-        __file__,
+        script,
         "--child",
         mode,
         "--overrides",
@@ -160,7 +164,7 @@ def measure(mode: str, overrides: dict) -> dict:
     def sample() -> None:
         nonlocal peak
         while not stop.is_set():
-            peak = max(peak, _tree_rss(proc.pid, t0))
+            peak = max(peak, _tree_rss(proc.pid, t0, orphans))
             time.sleep(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)

@@ -1,7 +1,9 @@
 """Share of round time spent on fairness accounting in the default scenario.
 
 Run ``python bench/fairness_accounting.py [--scenario scenarios/default.toml]
-[--repeats 3] [--rounds N]``. The scenario runs in fedsim's local engine with
+[--repeats 3] [--rounds N] [--clients K]``. ``--clients K`` scales the federation to K
+clients with the same data per client (40 rows each, IID split), e.g. 1000 clients for
+the PID's large-K path. The scenario runs in fedsim's local engine with
 ``fairness.enabled = false`` and ``= true`` (same seed, so the same training), the
 two interleaved ``--repeats`` times after one warm-up run each. The table prints
 
@@ -21,6 +23,7 @@ Times are medians over the repeats.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from dataclasses import dataclass
@@ -33,6 +36,7 @@ from fedsim.engine.local import run_local
 from fedsim.runner import resolve
 
 TARGET_SHARE = 0.05
+ROWS_PER_CLIENT = 40  # with --clients: same data per client at every size
 
 
 @dataclass(frozen=True)
@@ -43,13 +47,17 @@ class Timing:
     rounds: int
 
 
-def run_once(scenario: str, enabled: bool, rounds: int | None) -> Timing:
+def run_once(scenario: str, enabled: bool, rounds: int | None, clients: int = 0) -> Timing:
     """One run of the scenario in the local engine; the wrapper's own clock read back."""
     from fedsim.runtime import get_runtime
 
     overrides: dict[str, Any] = {"fairness.enabled": enabled}
     if rounds:
         overrides["rounds"] = rounds
+    if clients:
+        overrides["partition.num_clients"] = clients
+        overrides["partition.method"] = "iid"
+        overrides["data.num_samples"] = ROWS_PER_CLIENT * clients
     sc = resolve(scenario, overrides)
     run_config = {"scenario": sc.to_toml(), "data-dir": ""}
     recorder = RunRecorder()
@@ -69,15 +77,17 @@ def main() -> None:
     parser.add_argument("--scenario", default="scenarios/default.toml")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=0, help="0: the scenario's rounds")
+    parser.add_argument("--clients", type=int, default=0, help="0: the scenario's clients")
     args = parser.parse_args()
+    run = functools.partial(run_once, rounds=args.rounds, clients=args.clients)
 
-    cold_off = run_once(args.scenario, False, args.rounds)
-    cold_on = run_once(args.scenario, True, args.rounds)
+    cold_off = run(args.scenario, False)
+    cold_on = run(args.scenario, True)
     off: list[Timing] = []
     on: list[Timing] = []
     for _ in range(args.repeats):
-        off.append(run_once(args.scenario, False, args.rounds))
-        on.append(run_once(args.scenario, True, args.rounds))
+        off.append(run(args.scenario, False))
+        on.append(run(args.scenario, True))
     rounds = on[0].rounds
 
     def per_round_ms(values: list[float]) -> float:
@@ -91,7 +101,8 @@ def main() -> None:
     cold_inside = 1e3 * cold_on.accounting_s / rounds
     cold_loop = 1e3 * cold_on.loop_s / rounds
 
-    print(f"{args.scenario}: {rounds} rounds, median of {args.repeats} interleaved runs")
+    size = f", {args.clients} clients" if args.clients else ""
+    print(f"{args.scenario}{size}: {rounds} rounds, median of {args.repeats} interleaved runs")
     print(f"{'':38s} {'ms/round':>10s} {'share':>8s}")
     print(f"{'round loop, accounting off':38s} {loop_off:10.2f}")
     print(f"{'round loop, accounting on':38s} {loop_on:10.2f}")

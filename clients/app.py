@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from fedsim.clients import keys
@@ -24,9 +25,10 @@ from fedsim.clients.training import (
     learning_rate,
     train,
 )
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedsim.engine._flower_compat import array_record
 from fedsim.runtime import ClientRuntime, get_runtime
 from fedsim.seeds import Stream
 
@@ -43,12 +45,27 @@ def runtime_config(context: Context) -> dict:
     return {**context.run_config, "data-dir": node_dir} if node_dir else dict(context.run_config)
 
 
+R = TypeVar("R", ArrayRecord, ConfigRecord, MetricRecord)
+
+
+def content_record(content: RecordDict, key: str, kind: type[R]) -> R:
+    """``content[key]``, which must be a ``kind`` record (``KeyError`` otherwise).
+
+    What ``content.array_records[key]`` (etc.) returns, without building Flower's
+    synchronised per-type view of the whole RecordDict on every access.
+    """
+    record = content[key]
+    if not isinstance(record, kind):
+        raise KeyError(key)
+    return record
+
+
 @client_app.train()
 def handle_train(msg: Message, context: Context) -> Message:
     """Train the received global model on this client's training split."""
     task = prepare_train(msg, context)
     rt = task.runtime
-    rt.model.load_state_dict(task.incoming)
+    rt.load_incoming(task.record)
     x, y, _, _ = rt.client_tensors(task.pid)
     result = train(
         rt.model,
@@ -61,7 +78,8 @@ def handle_train(msg: Message, context: Context) -> Message:
         z=task.sensitive,
         lr=task.learning_rate,
     )
-    state = {k: v.detach().cpu() for k, v in rt.model.state_dict().items()}
+    # A copy: the model is the next client's once this returns.
+    state = {k: v.detach().to("cpu", copy=True) for k, v in rt.model.state_dict().items()}
     return train_reply(task, state, result)
 
 
@@ -77,8 +95,14 @@ class TrainTask:
     plan: FaultPlan
 
     @property
+    def record(self) -> ArrayRecord:
+        """The global weights this message carries."""
+        return content_record(self.msg.content, keys.ARRAYS, ArrayRecord)
+
+    @property
     def incoming(self) -> dict[str, torch.Tensor]:
-        return self.runtime.incoming_state(self.msg.content.array_records[keys.ARRAYS])
+        """The global weights as a state dict (decoded once per record and process)."""
+        return self.runtime.incoming_state(self.record)
 
     @property
     def generator(self) -> torch.Generator:
@@ -89,7 +113,7 @@ class TrainTask:
 
     @property
     def proximal_mu(self) -> float:
-        config = self.msg.content.config_records[keys.CONFIG]
+        config = content_record(self.msg.content, keys.CONFIG, ConfigRecord)
         return float(config.get(keys.PROXIMAL_MU, 0.0))  # type: ignore[arg-type]
 
     @property
@@ -116,7 +140,7 @@ def prepare_train(msg: Message, context: Context) -> TrainTask:
     rt = get_runtime(runtime_config(context))
     sc = rt.scenario
     pid = int(context.node_config[keys.PARTITION_ID])  # type: ignore[arg-type]
-    config = msg.content.config_records[keys.CONFIG]
+    config = content_record(msg.content, keys.CONFIG, ConfigRecord)
     server_round = int(config.get(keys.SERVER_ROUND, 0))  # type: ignore[arg-type]
     plan = plan_faults(sc.faults, sc.seed, server_round, pid, rt.data.num_clients)
     if plan.crash:
@@ -132,7 +156,7 @@ def train_reply(task: TrainTask, state: dict[str, torch.Tensor], result: TrainRe
     task.context.state[keys.METRICS] = MetricRecord({"last-round": task.server_round})
     reply = RecordDict(
         {
-            keys.ARRAYS: ArrayRecord(state),
+            keys.ARRAYS: array_record({k: v.numpy() for k, v in state.items()}),
             keys.METRICS: MetricRecord(
                 {
                     keys.NUM_EXAMPLES: result.num_examples,
@@ -151,7 +175,7 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
     rt = get_runtime(runtime_config(context))
     sc = rt.scenario
     pid = int(context.node_config[keys.PARTITION_ID])  # type: ignore[arg-type]
-    rt.model.load_state_dict(rt.incoming_state(msg.content.array_records[keys.ARRAYS]))
+    rt.load_incoming(content_record(msg.content, keys.ARRAYS, ArrayRecord))
     _, _, x, y = rt.client_tensors(pid)
     raw = rt.data.raw
     res = evaluate(rt.model, x, y, rt.data.clients[pid].z_test, raw.num_groups, raw.num_classes)

@@ -45,7 +45,7 @@ def handle_train_cohort(batch: Sequence[tuple[Message, Context]]) -> list[Messag
     for members in groups.values():
         tasks = [task for _, task in members]
         rt = tasks[0].runtime
-        rt.model.load_state_dict(tasks[0].incoming)
+        rt.load_incoming(tasks[0].record)
         splits = [rt.client_tensors(task.pid) for task in tasks]
         result = train_cohort(
             rt.model,

@@ -250,7 +250,7 @@ class Scenario:
     # round; a node that has not replied by then counts as a failed reply (Flower: 3600).
     round_timeout: float = field(default=3600.0, metadata=_range(0.0, 7 * 86400, lo_open=True))
     # Train each round's clients as one batched computation (torch.func.vmap); local
-    # engine only. See fedsim.clients.vectorized.
+    # engine, and per actor on the Ray engine. See fedsim.clients.vectorized.
     vectorize: bool = False
     data: DataConfig = DataConfig()
     partition: PartitionConfig = PartitionConfig()
@@ -264,10 +264,10 @@ class Scenario:
     ray: RayConfig = RayConfig()
 
     def __post_init__(self) -> None:
-        if self.vectorize and self.engine != "local":
+        if self.vectorize and self.engine not in ("local", "ray"):
             raise ConfigError(
-                f"vectorize: cohorts are vectorised by the local engine only, got engine "
-                f'{self.engine!r}; set engine = "local" or vectorize = false'
+                f"vectorize: cohorts are vectorised by the local and Ray engines only, got "
+                f'engine {self.engine!r}; set engine = "local" or "ray", or vectorize = false'
             )
 
     def to_dict(self) -> dict[str, Any]:

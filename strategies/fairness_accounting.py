@@ -21,6 +21,7 @@ import numpy as np
 from fedsim.clients import keys
 from fedsim.fairness.accounting import RoundFairness, client_fairness, pool_counts, round_fairness
 from fedsim.fairness.client_metrics import RESAMPLES
+from fedsim.strategies.records import records_of
 from fedsim.strategies.wrapper import StrategyWrapper
 from flwr.app import Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
@@ -61,9 +62,10 @@ def read_client_table(msg: Message) -> ClientTable | None:
     values, or has no test samples. ``partition-id`` falls back to the sender's node
     id, as the engine's recorder does.
     """
-    if msg.has_error() or not msg.content.metric_records:
+    found = [] if msg.has_error() else records_of(msg.content, MetricRecord)
+    if not found:
         return None
-    metrics = next(iter(msg.content.metric_records.values()))
+    metrics = found[0]
     if not all(k in metrics for k in (keys.FAIR_COUNTS, keys.NUM_GROUPS, keys.NUM_CLASSES)):
         return None
     groups, classes = _integer(metrics[keys.NUM_GROUPS]), _integer(metrics[keys.NUM_CLASSES])
@@ -81,7 +83,11 @@ def read_client_table(msg: Message) -> ClientTable | None:
             classes,
         )
         return None
-    if not np.all(np.isfinite(flat)) or np.any(flat < 0) or np.any(flat != np.round(flat)):
+    raw = metrics[keys.FAIR_COUNTS]
+    whole = isinstance(raw, list) and all(type(v) is int and v >= 0 for v in raw)  # the usual
+    if not whole and (
+        not np.all(np.isfinite(flat)) or np.any(flat < 0) or np.any(flat != np.round(flat))
+    ):
         log.warning("client %d: fair-counts are not non-negative integers; skipped", pid)
         return None
     if flat.sum() == 0:

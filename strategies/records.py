@@ -7,14 +7,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from fedsim.clients import keys
 from fedsim.strategies.screening_rules import is_finite
-from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from numpy.typing import NDArray
 
 from fedsim.engine._flower_compat import array_view
+
+R = TypeVar("R", ArrayRecord, ConfigRecord, MetricRecord)
+
+
+def records_of(content: RecordDict, kind: type[R]) -> list[R]:
+    """The ``kind`` records of ``content``, in order.
+
+    ``list(content.metric_records.values())`` (etc.) without Flower's synchronised
+    per-type view, which copies and re-validates the whole RecordDict on every access:
+    the server reads each reply several times a round.
+    """
+    return [record for record in content.values() if isinstance(record, kind)]
 
 
 def aggregate_scalar_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
@@ -26,7 +38,7 @@ def aggregate_scalar_metrics(records: list[RecordDict], weight_key: str) -> Metr
     sums: dict[str, float] = {}
     total = 0.0
     for record in records:
-        metrics = next(iter(record.metric_records.values()))
+        metrics = records_of(record, MetricRecord)[0]
         w = float(metrics[weight_key])  # type: ignore[arg-type]
         total += w
         for key, value in metrics.items():

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from fedsim.strategies.records import RecordView, all_finite, array_signature
+from fedsim.strategies.records import RecordView, all_finite, array_signature, records_of
 from fedsim.strategies.screening_rules import NONFINITE as NONFINITE_RULE
 from fedsim.strategies.screening_rules import reply_problem
 from fedsim.strategies.wrapper import StrategyWrapper
@@ -111,11 +111,11 @@ class Screened(StrategyWrapper):
             if msg.has_error():
                 counts[FAILED] += 1
                 continue
-            content = msg.content
+            array_records = records_of(msg.content, ArrayRecord)
             problem = reply_problem(
-                len(content.array_records),
-                list(content.metric_records.values()),
-                _arrays(msg) if len(content.array_records) == 1 else None,
+                len(array_records),
+                records_of(msg.content, MetricRecord),
+                RecordView(array_records[0]) if len(array_records) == 1 else None,
                 self._sent if train else None,
             )
             if problem is None:
@@ -127,10 +127,6 @@ class Screened(StrategyWrapper):
         if dropped:
             log.info("round screening dropped %d of %d replies: %s", dropped, len(replies), counts)
         return usable, counts
-
-
-def _arrays(msg: Message) -> RecordView:
-    return RecordView(next(iter(msg.content.array_records.values())))
 
 
 def _with_counts(metrics: MetricRecord | None, counts: dict[str, int]) -> MetricRecord:

@@ -13,6 +13,12 @@ cover what fedsim's own engines must do in place of Flower's runtime:
 * **Empty run.** A Grid holds a ``Run`` (``flwr.supercore.run``): :func:`empty_run`.
 * **Array bytes.** ``Array.data`` holds ``.npy`` bytes (``stype`` of ``numpy.ndarray``);
   :func:`array_view` reads them zero-copy instead of ``Array.numpy()``'s copy.
+* **Arrays serialised on demand.** :func:`array_record` builds an ``ArrayRecord`` of
+  :class:`NumpyArray`\ s: Flower ``Array``\ s that hold the numpy array and write its
+  ``.npy`` bytes only when ``data`` is read (a message that leaves the process through
+  Flower's transport, which deflates it under the class name ``Array``). In process,
+  ``numpy()`` and :func:`array_view` skip the bytes altogether; pickled (a Ray reply) it
+  travels as the numpy array and is a :class:`NumpyArray` again on the other side.
 
 Nothing else in fedsim touches these (``tests/test_static.py`` checks), and
 ``tests/fedsim/test_flower_compat.py`` fails loudly when a Flower release moves them.
@@ -28,7 +34,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, Message
+from flwr.app import Array, ArrayRecord, Message
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 from numpy.typing import NDArray
@@ -79,8 +85,100 @@ def _npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
     return tuple(shape), bool(fortran_order), dtype
 
 
+class NumpyArray(Array):
+    """A Flower ``Array`` holding a numpy array; its ``.npy`` bytes are written on demand.
+
+    Everything Flower reads (``dtype``, ``shape``, ``stype``, ``data``, ``numpy()``,
+    equality, ``object_id``, ``deflate``) is what ``Array(values)`` gives; only *when*
+    the bytes are written differs. Setting ``data`` turns it into a bytes-backed array.
+    The array is kept, not copied: the caller must not modify it afterwards.
+    """
+
+    def __init__(self, values: NDArray[Any]) -> None:  # pylint: disable=super-init-not-called
+        # Array.__init__ would serialise; its fields are set as its own constructor does.
+        self.__dict__.update(dtype=str(values.dtype), shape=tuple(values.shape), stype=_NPY_STYPE)
+        self.__dict__["_values"] = values
+        self.__dict__["_npy"] = None
+
+    @property  # type: ignore[override]
+    def data(self) -> bytes:
+        if self.__dict__["_npy"] is None:
+            buffer = io.BytesIO()
+            np.save(buffer, self.__dict__["_values"], allow_pickle=False)
+            self.__dict__["_npy"] = buffer.getvalue()
+        return self.__dict__["_npy"]  # type: ignore[no-any-return]
+
+    @data.setter
+    def data(self, value: bytes) -> None:  # Flower's inflate and user code may set it
+        self.__dict__["_values"], self.__dict__["_npy"] = None, value
+
+    def numpy(self) -> NDArray[Any]:
+        """A fresh writable copy, as ``Array.numpy()`` returns (no bytes involved)."""
+        values = self.__dict__["_values"]
+        return super().numpy() if values is None else values.copy(order="K")
+
+    def view(self) -> NDArray[Any] | None:
+        """The held array, read-only (``None`` once ``data`` was replaced)."""
+        values = self.__dict__["_values"]
+        if values is None:
+            return None
+        out: NDArray[Any] = values.view()
+        out.flags.writeable = False
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        # The dataclass __eq__ of Array compares only objects of the very same class.
+        if not isinstance(other, Array):
+            return NotImplemented
+        fields = ("dtype", "shape", "stype")
+        return all(getattr(self, f) == getattr(other, f) for f in fields) and (
+            self.data == other.data
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as Array
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        values = self.__dict__["_values"]
+        if values is None:
+            return (Array, (self.dtype, tuple(self.shape), self.stype, self.data))
+        return (_unpickle_numpy_array, (values,))
+
+
+# Flower's transport names a deflated object by its class's qualified name and inflates
+# it by that name: a NumpyArray leaves the process as, and arrives as, a plain Array.
+NumpyArray.__qualname__ = Array.__qualname__
+
+
+def _unpickle_numpy_array(values: NDArray[Any]) -> NumpyArray:
+    # pickle finds classes by qualified name, which NumpyArray shares with Array
+    return NumpyArray(values)
+
+
+def array_record(values: dict[str, NDArray[Any]]) -> ArrayRecord:
+    """An ``ArrayRecord`` of :class:`NumpyArray` (bytes written only if ever read).
+
+    Parameters
+    ----------
+    values
+        Name → numpy array, in record order. The arrays are kept, not copied.
+
+    Returns
+    -------
+    ArrayRecord
+        Equal (``==``, same bytes) to ``ArrayRecord`` built from the same arrays.
+    """
+    record = ArrayRecord()
+    for key, value in values.items():
+        record[key] = NumpyArray(np.asarray(value))
+    return record
+
+
 def array_view(array: Array) -> NDArray[Any]:
     """Read-only zero-copy view of ``array`` when it holds ``.npy`` bytes, else a copy."""
+    if isinstance(array, NumpyArray):
+        held = array.view()
+        if held is not None:
+            return held
     data = array.data
     if array.stype == _NPY_STYPE and isinstance(data, bytes) and data[:6] == b"\x93NUMPY":
         # .npy: magic (6), version (2), header length (2 bytes in v1, 4 in v2), header

@@ -26,6 +26,7 @@ from fedsim.config import Scenario
 from fedsim.data import FederatedData
 from fedsim.engine.deadline import Deadline, FailedReply
 from fedsim.engine.global_eval import global_evaluator
+from fedsim.strategies.records import records_of
 from fedsim.strategies.registry import build_strategy
 from fedsim.strategies.screening import RoundRecord, Screened
 from fedsim.strategies.wrapper import StrategyWrapper
@@ -52,7 +53,7 @@ class RunRecorder:
                 name = f"{prefix}{key}" if key in record.counts else key
                 self.rows.append((r, "server", name, float(value)))
         for msg in record.replies:
-            metrics = next(iter(msg.content.metric_records.values()))
+            metrics = records_of(msg.content, MetricRecord)[0]
             client = str(metrics.get(keys.PARTITION_ID, msg.metadata.src_node_id))
             for key, value in metrics.items():
                 if key not in keys.PER_CLIENT and isinstance(value, int | float):

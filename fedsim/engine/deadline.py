@@ -26,6 +26,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from fedsim.clients import keys
+from fedsim.strategies.records import records_of
 from fedsim.strategies.wrapper import StrategyWrapper
 
 log = logging.getLogger(__name__)
@@ -126,8 +127,8 @@ class Deadline(StrategyWrapper):
                 self._fail(
                     FailedReply(server_round, phase, node, self._partitions.get(node), reason)
                 )
-            elif len(msg.content.metric_records) == 1:
-                metrics = next(iter(msg.content.metric_records.values()))
+            elif len(found := records_of(msg.content, MetricRecord)) == 1:
+                metrics = found[0]
                 partition = metrics.get(keys.PARTITION_ID)
                 if isinstance(partition, int | float):
                     self._partitions[node] = int(partition)

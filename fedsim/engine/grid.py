@@ -13,9 +13,10 @@ import logging
 from collections.abc import Callable, Iterable
 from uuid import uuid4
 
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Context, Error, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from fedsim.config import Scenario
 from fedsim.engine._flower_compat import (
     SUPERLINK_NODE_ID,
     Run,
@@ -31,6 +32,7 @@ __all__ = [
     "SUPERLINK_NODE_ID",
     "InProcessGrid",
     "call_client",
+    "cohort_handler",
     "error_reply",
     "local_handler",
     "make_contexts",
@@ -136,5 +138,34 @@ def local_handler(
 
     def handle(batch: list[Message]) -> list[Message]:
         return [call_client(app, m, contexts[m.metadata.dst_node_id]) for m in batch]
+
+    return handle
+
+
+def cohort_handler(handler: Handler, contexts: dict[int, Context], scenario: Scenario) -> Handler:
+    """Train a batch of train messages as one vectorised cohort; the rest via ``handler``.
+
+    Used by the local engine (all of a round's clients) and by each Ray actor (the
+    clients it serves). Settings the cohort path does not implement leave ``handler``
+    as it is, with a warning.
+    """
+    # Imported here: torch.func and the cohort code load only for vectorised runs.
+    from fedsim.clients.cohort import handle_train_cohort
+    from fedsim.clients.vectorized import unsupported_settings
+
+    reason = unsupported_settings(scenario.client)
+    if reason is not None:
+        log.warning("vectorize: training each client on its own: %s", reason)
+        return handler
+
+    def handle(batch: list[Message]) -> list[Message]:
+        if not batch or any(m.metadata.message_type != MessageType.TRAIN for m in batch):
+            return handler(batch)
+        pairs = [(m, contexts[m.metadata.dst_node_id]) for m in batch]
+        replies = handle_train_cohort(pairs)
+        return [
+            r if isinstance(r, Message) else error_reply(m, r)
+            for m, r in zip(batch, replies, strict=True)
+        ]
 
     return handle

@@ -5,17 +5,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flwr.app import ArrayRecord, Message, MessageType
+from flwr.app import ArrayRecord
 
 from fedsim.clients.app import client_app
-from fedsim.clients.cohort import handle_train_cohort
-from fedsim.clients.vectorized import unsupported_settings
 from fedsim.config import Scenario
 from fedsim.engine.core import Execution, RoundHook, RunRecorder, execute
 from fedsim.engine.grid import (
-    Handler,
     InProcessGrid,
-    error_reply,
+    cohort_handler,
     local_handler,
     make_contexts,
     task_identity,
@@ -45,11 +42,7 @@ def run_local(
     contexts = make_contexts(run_id, runtime.data.num_clients, run_config)
     handler = local_handler(client_app, contexts)
     if scenario.vectorize:
-        reason = unsupported_settings(scenario.client)
-        if reason is None:
-            handler = cohort_handler(handler, contexts)
-        else:
-            log.warning("vectorize: training each client on its own: %s", reason)
+        handler = cohort_handler(handler, contexts, scenario)
     grid = InProcessGrid(contexts, handler, run_id=run_id)
     with task_identity(run_id):
         return execute(
@@ -62,19 +55,3 @@ def run_local(
             recorder=recorder,
             stack=stack,
         )
-
-
-def cohort_handler(handler: Handler, contexts: dict) -> Handler:
-    """Train messages as one vectorised cohort; everything else through ``handler``."""
-
-    def handle(batch: list[Message]) -> list[Message]:
-        if not batch or any(m.metadata.message_type != MessageType.TRAIN for m in batch):
-            return handler(batch)
-        pairs = [(m, contexts[m.metadata.dst_node_id]) for m in batch]
-        replies = handle_train_cohort(pairs)
-        return [
-            r if isinstance(r, Message) else error_reply(m, r)
-            for m, r in zip(batch, replies, strict=True)
-        ]
-
-    return handle

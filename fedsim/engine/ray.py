@@ -59,7 +59,14 @@ from fedsim.clients.app import client_app
 from fedsim.config import RayConfig, Scenario
 from fedsim.engine._flower_compat import set_message_id
 from fedsim.engine.core import Execution, RoundHook, RunRecorder, execute, flower_log_level
-from fedsim.engine.grid import InProcessGrid, call_client, error_reply, make_contexts, task_identity
+from fedsim.engine.grid import (
+    InProcessGrid,
+    cohort_handler,
+    error_reply,
+    local_handler,
+    make_contexts,
+    task_identity,
+)
 from fedsim.errors import FedsimError
 from fedsim.runtime import get_runtime
 
@@ -217,8 +224,12 @@ class ClientWorker:
     """
 
     def __init__(self, run_config: dict) -> None:
-        get_runtime(run_config)  # data and model now, in parallel with the other actors
+        # data and model now, in parallel with the other actors
+        scenario = get_runtime(run_config).scenario
         self.contexts: dict[int, Context] = {}
+        self._handle = local_handler(client_app, self.contexts)
+        if scenario.vectorize:  # this actor's clients of a round train as one cohort
+            self._handle = cohort_handler(self._handle, self.contexts, scenario)
 
     def ready(self) -> int:
         return os.getpid()
@@ -232,12 +243,7 @@ class ClientWorker:
     ) -> list[Message]:
         """Run the ClientApp on each ``(metadata, content index)``; replies in order."""
         with flower_log_level():
-            return [
-                call_client(
-                    client_app, rebuild_message(meta, contents[i]), self.contexts[meta.dst_node_id]
-                )
-                for meta, i in metas
-            ]
+            return self._handle([rebuild_message(meta, contents[i]) for meta, i in metas])
 
 
 def rebuild_message(meta: MessageMetadata, content: RecordDict) -> Message:

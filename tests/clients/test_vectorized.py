@@ -222,7 +222,7 @@ def test_vectorize_on_another_engine_is_a_one_line_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out_dir = tmp_path / "out"
-    argv = ["run", str(REPO / "scenarios/default.toml"), "--vectorize", "--engine", "ray"]
+    argv = ["run", str(REPO / "scenarios/default.toml"), "--vectorize", "--engine", "flower"]
     with pytest.raises(SystemExit) as exc:
         main([*argv, "--out", str(out_dir), "-q"])
     err = capsys.readouterr().err

@@ -115,12 +115,66 @@ def test_worker_rebuilds_messages_and_keeps_contexts() -> None:
     assert worker.contexts[1001].state[keys.METRICS]["last-round"] == 4
 
 
+def test_a_vectorising_worker_trains_its_clients_as_one_cohort(monkeypatch) -> None:
+    """In process: each actor's train messages of a round form one vmap cohort, and the
+    replies equal those of the per-client worker (allclose 1e-5)."""
+    import fedsim.clients.cohort as cohort_module
+    from fedsim.clients.vectorized import train_cohort
+
+    sizes: list[tuple[int, bool]] = []
+
+    def spy(model, cohort, *args, **kwargs):  # type: ignore[no-untyped-def]
+        result = train_cohort(model, cohort, *args, **kwargs)
+        sizes.append((len(cohort), result.vectorized))
+        return result
+
+    monkeypatch.setattr(cohort_module, "train_cohort", spy)
+    replies = {}
+    for vectorize in (False, True):
+        sc = resolve(SCENARIO, {**SMALL, "vectorize": vectorize}, engine="ray")
+        run_config = {"scenario": sc.to_toml(), "data-dir": ""}
+        contexts = make_contexts(1, sc.partition.num_clients, run_config)
+        worker = ClientWorker(run_config)
+        worker.adopt({n: contexts[n] for n in (1000, 1002, 1004)})
+        content = RecordDict(
+            {
+                keys.ARRAYS: initial_arrays(sc, get_runtime(run_config).data),
+                keys.CONFIG: ConfigRecord({keys.SERVER_ROUND: 2}),
+            }
+        )
+        with task_identity(1):
+            msgs = [Message(content, n, "train", group_id="2") for n in (1004, 1000, 1002)]
+        for i, msg in enumerate(msgs):
+            set_message_id(msg, f"m{i}")
+        replies[vectorize] = worker.handle([(m.metadata, 0) for m in msgs], content)
+    assert sizes == [(3, True)]  # only the vectorising worker, one cohort of its 3 clients
+    for seq, vec in zip(replies[False], replies[True], strict=True):
+        assert vec.metadata.reply_to_message_id == seq.metadata.reply_to_message_id
+        seq_arrays, vec_arrays = seq.content[keys.ARRAYS], vec.content[keys.ARRAYS]
+        for name, array in seq_arrays.items():
+            np.testing.assert_allclose(vec_arrays[name].numpy(), array.numpy(), atol=1e-5)
+
+
 # ---------------------------------------------------------------------- equivalence
 
 
 @pytest.mark.e2e
 def test_ray_engine_matches_local(ray_local: None, local_small: RunResult) -> None:
     assert_same_run(fedsim.run(SCENARIO, SMALL, engine="ray"), local_small)
+
+
+@pytest.mark.e2e
+def test_ray_vectorised_cohorts_match_local_sequential(
+    ray_local: None, local_small: RunResult
+) -> None:
+    overrides = {**SMALL, "vectorize": True, "ray.num_actors": 2}  # cohorts of 3 per actor
+    ray_run = fedsim.run(SCENARIO, overrides, engine="ray")
+    assert ray_run.scenario.vectorize and ray_run.summary["engine"] == "ray"
+    for name, value in local_small.arrays.items():
+        np.testing.assert_allclose(ray_run.arrays[name], value, rtol=0, atol=1e-5)
+    assert ray_run.summary["final"]["eval-acc"] == pytest.approx(
+        local_small.summary["final"]["eval-acc"], abs=1e-6
+    )
 
 
 @pytest.mark.e2e

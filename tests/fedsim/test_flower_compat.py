@@ -85,3 +85,69 @@ def test_array_bytes_are_npy_and_read_without_a_copy(value: np.ndarray) -> None:
     assert not view.flags.writeable  # a view on the record's bytes, not a copy
     record = ArrayRecord({"w": Array(value)})
     np.testing.assert_array_equal(compat.array_view(record["w"]), record["w"].numpy())
+
+
+# ------------------------------------------------- numpy-backed arrays (bytes on demand)
+
+
+def _values() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {
+        "w": rng.standard_normal((3, 4)).astype(np.float32),
+        "f": np.asfortranarray(rng.standard_normal((2, 3))),
+        "n": np.array(7, dtype=np.int64),
+    }
+
+
+def test_a_numpy_array_is_what_array_of_the_same_values_is() -> None:
+    for value in _values().values():
+        lazy, plain = compat.NumpyArray(value), Array(value)
+        assert (lazy.dtype, lazy.shape, lazy.stype) == (plain.dtype, plain.shape, plain.stype)
+        assert lazy.data == plain.data  # the same .npy bytes, written on demand
+        assert lazy == plain and plain == lazy
+        assert lazy.object_id == plain.object_id
+        np.testing.assert_array_equal(lazy.numpy(), plain.numpy())
+        assert lazy.numpy().flags.f_contiguous == plain.numpy().flags.f_contiguous
+    assert compat.array_record(_values()) == ArrayRecord(
+        {k: Array(v) for k, v in _values().items()}
+    )
+
+
+def test_a_numpy_array_leaves_through_flower_transport_as_a_plain_array() -> None:
+    value = _values()["w"]
+    lazy = compat.NumpyArray(value)
+    assert lazy.deflate() == Array(value).deflate()  # deflated under the name "Array"
+    back = Array.inflate(lazy.deflate(), children=lazy.children)
+    assert type(back) is Array
+    np.testing.assert_array_equal(back.numpy(), value)
+
+
+def test_numpy_gives_a_fresh_copy_and_array_view_a_read_only_alias() -> None:
+    value = _values()["w"]
+    lazy = compat.NumpyArray(value)
+    out = lazy.numpy()
+    out[0, 0] += 1.0  # writable, and not the held array (as Array.numpy())
+    assert value[0, 0] != out[0, 0]
+    view = compat.array_view(lazy)
+    assert np.shares_memory(view, value) and not view.flags.writeable
+    assert "_npy" in lazy.__dict__ and lazy.__dict__["_npy"] is None  # never serialised
+
+
+def test_a_pickled_numpy_array_travels_as_its_values() -> None:
+    import pickle
+
+    value = _values()["w"]
+    back = pickle.loads(pickle.dumps(compat.NumpyArray(value)))
+    assert isinstance(back, compat.NumpyArray) and back.__dict__["_npy"] is None
+    assert back == Array(value)
+    record = pickle.loads(pickle.dumps(compat.array_record(_values())))
+    assert all(isinstance(a, compat.NumpyArray) for a in record.values())
+
+
+def test_setting_data_makes_a_numpy_array_bytes_backed() -> None:
+    lazy = compat.NumpyArray(_values()["w"])
+    other = np.ones((2, 2), dtype=np.float32)
+    lazy.data = Array(other).data
+    lazy.shape = (2, 2)
+    np.testing.assert_array_equal(lazy.numpy(), other)
+    np.testing.assert_array_equal(compat.array_view(lazy), other)
