@@ -21,6 +21,7 @@ import time
 import warnings
 
 import numpy as np
+
 from fedsim.fairness.aglfop import frontier
 from fedsim.fairness.aglfop_feasible import accuracy, excess_bits
 from fedsim.fairness.aglfop_program import AGLFOPModel

@@ -54,9 +54,9 @@ def child_plain(overrides: dict) -> dict:
     """FedAvg written directly in PyTorch: no Flower, no fedsim engine."""
     import numpy as np
     import torch
+
     from fedsim.clients.models import build_model
     from fedsim.clients.training import client_generator, evaluate, train  # as the ClientApp
-
     from fedsim.config import load_scenario
     from fedsim.data import build_federated
 

@@ -29,11 +29,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from fedsim.strategies.fairness_accounting import FairnessAccounting
-
 from fedsim.engine.core import RunRecorder, build_stack
 from fedsim.engine.local import run_local
 from fedsim.runner import resolve
+from fedsim.strategies.fairness_accounting import FairnessAccounting
 
 TARGET_SHARE = 0.05
 ROWS_PER_CLIENT = 40  # with --clients: same data per client at every size

@@ -25,13 +25,13 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from fedsim.strategies.fedld import FedLD
-from fedsim.strategies.principal import aggregate_principal
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from numpy.typing import NDArray
 
 from fedsim.engine._flower_compat import task_identity
+from fedsim.strategies.fedld import FedLD
+from fedsim.strategies.principal import aggregate_principal
 
 
 def resnet18_shapes() -> dict[str, tuple[int, ...]]:

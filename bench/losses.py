@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
 from fedsim.clients.losses import comp_sum_loss, loss_by_name
 
 TARGET_RATIO = 1.3

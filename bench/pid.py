@@ -24,8 +24,9 @@ import subprocess
 import sys
 import time
 
-import fedsim.fairness.pid as pid
 import numpy as np
+
+import fedsim.fairness.pid as pid
 
 TARGET_MS = {2: None, 10: 25.0, 100: 200.0}
 WARM_REPEATS = 30

@@ -26,11 +26,11 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from fedsim.clients.models import build_model
 from fedsim.clients.training import client_generator, train
 from fedsim.clients.vectorized import train_cohort
-from torch import nn
-
 from fedsim.config import ClientConfig
 
 TARGET_RATIO = 3.0

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
 from fedsim.clients import keys
 from fedsim.clients.attacks import robust_accuracy
 from fedsim.clients.faults import FaultPlan, InjectedCrash, corrupt_state, plan_faults
@@ -25,9 +28,6 @@ from fedsim.clients.training import (
     learning_rate,
     train,
 )
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
-
 from fedsim.engine._flower_compat import array_record
 from fedsim.runtime import ClientRuntime, get_runtime
 from fedsim.seeds import Stream

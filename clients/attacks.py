@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
 from fedsim.clients.checks import NORMS, Norm, check_choice, check_clamp, check_number
 from fedsim.clients.losses import comp_sum_loss
-
 from fedsim.errors import ConfigError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

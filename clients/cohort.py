@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
+from flwr.app import Context, Message
+
 from fedsim.clients import keys
 from fedsim.clients.app import TrainTask, prepare_train, train_reply
 from fedsim.clients.vectorized import train_cohort
-from flwr.app import Context, Message
 
 
 def handle_train_cohort(batch: Sequence[tuple[Message, Context]]) -> list[Message | Exception]:

@@ -30,9 +30,9 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from fedsim.clients.checks import check_choice, check_number
 from torch.autograd.function import once_differentiable
 
+from fedsim.clients.checks import check_choice, check_number
 from fedsim.config import LOSSES
 from fedsim.errors import ConfigError
 

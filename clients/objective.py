@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
 from fedsim.clients.attacks import adversarial_smoothness_term
 from fedsim.clients.checks import NORMS, check_choice, check_clamp, check_number
 from fedsim.clients.losses import (
@@ -23,7 +24,6 @@ from fedsim.clients.losses import (
     margin_control_penalty,
     resolve_tau,
 )
-
 from fedsim.config import LossConfig
 from fedsim.errors import ConfigError
 

@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from fedsim.clients.fairness_penalty import make_penalty
 from fedsim.clients.losses import proximal_term
 from fedsim.clients.objective import LossSpec, objective
 from fedsim.clients.optim import SGD, Adam
-from torch import nn
-
 from fedsim.config import ClientConfig, LossConfig
 from fedsim.errors import ConfigError, DataError
 from fedsim.plugins import is_reference, resolve_callable

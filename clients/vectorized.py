@@ -29,11 +29,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from fedsim.clients.losses import comp_sum_loss, margin_control_penalty, resolve_tau
-from fedsim.clients.training import Objective, TrainResult, train
 from torch import nn
 from torch.func import functional_call, vmap
 
+from fedsim.clients.losses import comp_sum_loss, margin_control_penalty, resolve_tau
+from fedsim.clients.training import Objective, TrainResult, train
 from fedsim.config import ClientConfig, LossConfig
 from fedsim.plugins import is_reference
 

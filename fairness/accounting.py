@@ -25,13 +25,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import NDArray
+
+from fedsim.errors import DataError, SolverError
 from fedsim.fairness import metrics as fm
 from fedsim.fairness.client_metrics import CLIENT_CI_METRICS, DISPARITY, client_fairness
 from fedsim.fairness.information import conditional_mutual_information, mutual_information
 from fedsim.fairness.pid import CLOSED_FORM, decompose
-from numpy.typing import NDArray
-
-from fedsim.errors import DataError, SolverError
 
 __all__ = [
     "CLIENT_CI_METRICS",

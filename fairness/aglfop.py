@@ -47,13 +47,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike, NDArray
+
+from fedsim.errors import DataError, SolverError
 from fedsim.fairness.aglfop_feasible import accuracy, disparities_bits
 from fedsim.fairness.aglfop_program import SOLVER, AGLFOPModel, PointSolution
 from fedsim.fairness.pid import decompose
 from fedsim.fairness.roc import roc_points, validate_roc_region
-from numpy.typing import ArrayLike, NDArray
-
-from fedsim.errors import DataError, SolverError
 
 __all__ = ["AGLFOPResult", "frontier", "roc_points", "solve"]
 

@@ -19,6 +19,9 @@ from typing import Literal
 import cvxpy as cp
 import numpy as np
 import scipy.sparse as sps
+from numpy.typing import NDArray
+
+from fedsim.errors import SolverError
 from fedsim.fairness.aglfop_feasible import (
     BUDGET_TOL_BITS,
     accuracy,
@@ -26,9 +29,6 @@ from fedsim.fairness.aglfop_feasible import (
     excess_bits,
     guard,
 )
-from numpy.typing import NDArray
-
-from fedsim.errors import SolverError
 
 __all__ = ["AGLFOPModel", "PointSolution"]
 

@@ -19,8 +19,9 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from fedsim.fairness import metrics as fm
 from numpy.typing import NDArray
+
+from fedsim.fairness import metrics as fm
 
 __all__ = [
     "CI_HIGH",

@@ -18,8 +18,9 @@ from typing import Any
 import matplotlib
 import numpy as np
 import pandas as pd
-from fedsim.fairness.plots import outside_legend
 from matplotlib.figure import Figure
+
+from fedsim.fairness.plots import outside_legend
 
 __all__ = ["SWEEP_METRICS", "pdf_bytes", "standalone_svg", "sweep_figure"]
 

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from fedsim.fairness.information import conditional_entropy, entropy, mutual_information
 from numpy.typing import ArrayLike, NDArray
 
 from fedsim.errors import ConfigError, DataError, FedsimError
+from fedsim.fairness.information import conditional_entropy, entropy, mutual_information
 
 if TYPE_CHECKING:
     from fedsim.fairness.report_tables import AchievedPoint

@@ -30,10 +30,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from fedsim.fairness.information import validate_table
 from numpy.typing import ArrayLike, NDArray
 
 from fedsim.errors import DataError
+from fedsim.fairness.information import validate_table
 
 __all__ = [
     "ACCURACY",

@@ -33,15 +33,15 @@ from typing import Any
 import cvxpy as cp
 import numpy as np
 import scipy.sparse as sp
+from numpy.typing import ArrayLike, NDArray
+
+from fedsim.errors import SolverError
 from fedsim.fairness.information import (
     conditional_mutual_information,
     mutual_information,
     normalize,
 )
 from fedsim.fairness.pid_large import unique_information
-from numpy.typing import ArrayLike, NDArray
-
-from fedsim.errors import SolverError
 
 __all__ = [
     "BLOCK_BARRIER",

@@ -11,9 +11,9 @@ import os
 
 import numpy as np
 import pandas as pd
-from fedsim.fairness.pid import PIDResult, decompose
 
 from fedsim.errors import DataError
+from fedsim.fairness.pid import PIDResult, decompose
 
 __all__ = ["decompose_counts_frame", "pid_from_csv"]
 

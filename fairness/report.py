@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+
 from fedsim.fairness.report_bounds import frontier_section, gap_sentence, model_section
 from fedsim.fairness.report_tables import (
     MIN_CLIENT_ROWS,
@@ -175,7 +176,7 @@ def build_report(inputs: ReportInputs) -> Report:
 
 def _inline(figures: dict[str, Figure], name: str, fig: Figure) -> str:
     """Keep ``fig`` as the report's figure ``name`` and return it as inline SVG."""
-    from fedsim.fairness import plots
+    from fedsim.fairness import plots  # matplotlib: start-up, only when rendering
 
     figures[name] = fig
     return plots.to_inline_svg(fig, name)

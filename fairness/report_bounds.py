@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
+
 from fedsim.fairness.report_tables import AchievedPoint, ReportInputs, note, table_html
 
 __all__ = ["frontier_section", "gap_sentence", "model_gap_sentence", "model_section"]

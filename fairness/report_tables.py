@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from fedsim.fairness import metrics as fm
 from fedsim.fairness.accounting import (
     CLIENT_ACCURACY_SPREAD,

@@ -23,9 +23,19 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fedsim.config import ENGINES, LOSSES, load_scenario, parse_assignment, parse_value
+from fedsim.config import (
+    ENGINES,
+    LOSSES,
+    MODELS,
+    OPTIMIZERS,
+    PARTITIONERS,
+    TABULAR_FILES,
+    load_scenario,
+    parse_assignment,
+    parse_value,
+)
 from fedsim.errors import ConfigError, FedsimError
-from fedsim.plugins import add_plugin_folders
+from fedsim.plugins import SIGNATURES, add_plugin_folders
 from fedsim.progress import progress_bar
 
 app = typer.Typer(
@@ -73,7 +83,7 @@ def _interruptible(command: Callable[..., None]) -> Callable[..., None]:
 
 def _print_version(value: bool) -> None:
     if value:
-        import fedsim
+        import fedsim  # cycle: fedsim/__init__ is above this module
 
         typer.echo(f"fedsim {fedsim.__version__}")
         raise typer.Exit(0)
@@ -148,7 +158,7 @@ def run(
         else:
             if scenario is None:
                 raise ConfigError("missing SCENARIO (a TOML file) or --resume RUN_DIR")
-            from fedsim.rundir import default_out
+            from fedsim.rundir import default_out  # start-up: only for runs
 
             target = out if out is not None else default_out(scenario)
             result = fedsim.runner.run(
@@ -208,9 +218,7 @@ def _progress(
 def list_() -> None:
     """List the built-in datasets, partitioners, strategies, models, losses and optimisers,
     and the signature of each kind of plug-in given by reference ("package.module:attr")."""
-    from fedsim.config import MODELS, OPTIMIZERS, PARTITIONERS, TABULAR_FILES
     from fedsim.data import REGISTRY  # pandas: start-up of every command
-    from fedsim.plugins import SIGNATURES
     from fedsim.strategies.registry import REGISTRY as STRATEGIES  # flwr: start-up
 
     def plugin(key: str) -> None:
@@ -272,7 +280,7 @@ def sweep(
     if seeds < 1:
         raise ConfigError(f"--seeds: expected at least 1, got {seeds}")
     if out is not None:  # checked before the first run, not after it
-        from fedsim.rundir import check_target
+        from fedsim.rundir import check_target  # start-up: only for sweeps
 
         if out.is_dir():
             raise ConfigError(f"--out: {out} is a folder; expected the path of a CSV file")
@@ -414,7 +422,7 @@ def report(
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning user errors into one line and exit code 2."""
-    from fedsim.runner import RunInterrupted
+    from fedsim.runner import RunInterrupted  # torch and flwr: start-up of every command
 
     _quiet_flower()
     add_plugin_folders(sys.argv[1:] if argv is None else argv)  # modules beside user/scenario

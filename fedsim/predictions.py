@@ -34,8 +34,8 @@ def predictions(run_config: Mapping[str, str], arrays: Mapping[str, np.ndarray])
     """
     import torch
 
-    from fedsim.clients.training import predict
-    from fedsim.runtime import get_runtime
+    from fedsim.clients.training import predict  # torch: start-up, only when asked for
+    from fedsim.runtime import get_runtime  # torch and flwr: start-up, only when asked for
 
     rt = get_runtime(dict(run_config))
     model = copy.deepcopy(rt.model)

@@ -31,8 +31,11 @@ def write_figures(figures: Mapping[str, Any], folder: str | Path) -> list[Path]:
     list of pathlib.Path
         The files written, SVG then PDF per figure.
     """
-    from fedsim import results
-    from fedsim.fairness.figures import pdf_bytes, standalone_svg
+    from fedsim import results  # pandas: start-up
+    from fedsim.fairness.figures import (  # matplotlib: start-up, only when rendering
+        pdf_bytes,
+        standalone_svg,
+    )
 
     out = Path(folder)
     written: list[Path] = []
@@ -47,7 +50,7 @@ def write_figures(figures: Mapping[str, Any], folder: str | Path) -> list[Path]:
 def sweep_csv(path: str | Path) -> Path | None:
     """The sweep CSV ``path`` names (a ``.csv`` file, or a folder holding ``runs.csv``
     and no run's ``summary.json``), or None when ``path`` is not a sweep."""
-    from fedsim import results
+    from fedsim import results  # pandas: start-up
 
     p = Path(path)
     if p.suffix.lower() == ".csv":
@@ -75,7 +78,10 @@ def write_sweep_figures(csv: str | Path, folder: str | Path | None = None) -> li
     DataError
         If it cannot be read as CSV.
     """
-    from fedsim.fairness.figures import SWEEP_METRICS, sweep_figure
+    from fedsim.fairness.figures import (  # matplotlib: start-up, only when rendering
+        SWEEP_METRICS,
+        sweep_figure,
+    )
 
     path = Path(csv)
     if not path.is_file():

@@ -66,7 +66,7 @@ class RunResult:
         ConfigError
             If the result carries no scenario to rebuild the data from.
         """
-        from fedsim.predictions import predictions
+        from fedsim.predictions import predictions  # torch: start-up, only when asked for
 
         if self.run_config is None:
             raise ConfigError("predictions: this RunResult has no run config to rebuild data from")

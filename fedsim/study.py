@@ -32,6 +32,7 @@ import pandas as pd
 
 from fedsim.config import Scenario
 from fedsim.errors import ConfigError
+from fedsim.plugins import OBJECT_PREFIX
 
 __all__ = ["METRIC_COLUMNS", "format_table", "run_grid", "summarise", "to_markdown"]
 
@@ -131,7 +132,7 @@ def run_grid(
     """
     # torch and flwr: start-up of the CLI and of fedsim.study
     from fedsim.preflight import check_scenario
-    from fedsim.runner import resolve
+    from fedsim.runner import resolve  # torch and flwr: start-up of the CLI and of fedsim.study
 
     if not seeds:
         raise ConfigError("study: expected at least one seed, got none")
@@ -189,7 +190,7 @@ class _Outcome:
 
 def _run_cell(scenario: Mapping[str, Any], data_dir: str | Path | None) -> _Outcome:
     """One sweep cell (a fully resolved scenario), here or in a worker process."""
-    from fedsim.runner import run
+    from fedsim.runner import run  # torch and flwr: start-up; also imported in worker processes
 
     t0 = time.perf_counter()
     result = run(scenario, data_dir=data_dir)
@@ -201,7 +202,6 @@ Cells = Sequence[tuple[tuple[str, ...], dict[str, Any], Scenario]]
 
 
 def _check_parallel(todo: Cells) -> None:
-    from fedsim.plugins import OBJECT_PREFIX
 
     for _, labels, sc in todo:
         if sc.engine != "local":
@@ -312,7 +312,7 @@ def _finished_rows(csv: Path, header: list[str]) -> dict[tuple[str, ...], dict[s
 
 
 def _write_csv(csv: Path, rows: Iterable[Mapping[str, Any]], header: list[str]) -> None:
-    from fedsim.results import atomic_write_text
+    from fedsim.results import atomic_write_text  # pandas: start-up
 
     atomic_write_text(csv, pd.DataFrame(list(rows), columns=header).to_csv(index=False))
 

@@ -17,15 +17,15 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
-from fedsim.clients import keys
-from fedsim.strategies.fairfed_weights import METRICS, fairfed_deltas, update_weights
-from fedsim.strategies.fairness_accounting import read_client_table
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from numpy.typing import NDArray
 
+from fedsim.clients import keys
 from fedsim.errors import ConfigError, DataError
+from fedsim.strategies.fairfed_weights import METRICS, fairfed_deltas, update_weights
+from fedsim.strategies.fairness_accounting import read_client_table
 
 __all__ = ["FairFed"]
 

@@ -18,17 +18,17 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from fedsim.clients import keys
-from fedsim.fairness.accounting import RoundFairness, client_fairness, pool_counts, round_fairness
-from fedsim.fairness.client_metrics import RESAMPLES
-from fedsim.strategies.records import records_of
-from fedsim.strategies.wrapper import StrategyWrapper
 from flwr.app import Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 from numpy.typing import NDArray
 
+from fedsim.clients import keys
 from fedsim.errors import DataError
+from fedsim.fairness.accounting import RoundFairness, client_fairness, pool_counts, round_fairness
+from fedsim.fairness.client_metrics import RESAMPLES
 from fedsim.seeds import Stream
+from fedsim.strategies.records import records_of
+from fedsim.strategies.wrapper import StrategyWrapper
 
 __all__ = [
     "ClientTable",

@@ -15,15 +15,15 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 import numpy as np
-from fedsim.strategies.principal import DEFAULT_MEAN_ONLY, aggregate_principal
-from fedsim.strategies.records import RecordView
-from fedsim.strategies.screening_rules import reply_problem
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from numpy.typing import NDArray
 
 from fedsim.errors import AggregationError, CheckpointError, ConfigError
+from fedsim.strategies.principal import DEFAULT_MEAN_ONLY, aggregate_principal
+from fedsim.strategies.records import RecordView
+from fedsim.strategies.screening_rules import reply_problem
 
 __all__ = ["FedLD"]
 

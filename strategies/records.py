@@ -9,12 +9,12 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar
 
-from fedsim.clients import keys
-from fedsim.strategies.screening_rules import is_finite
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from numpy.typing import NDArray
 
+from fedsim.clients import keys
 from fedsim.engine._flower_compat import array_view
+from fedsim.strategies.screening_rules import is_finite
 
 R = TypeVar("R", ArrayRecord, ConfigRecord, MetricRecord)
 

@@ -12,13 +12,13 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from fedsim.clients import keys
-from fedsim.strategies.records import aggregate_scalar_metrics
 from flwr.serverapp.strategy import Strategy
 
+from fedsim.clients import keys
 from fedsim.config import StrategyConfig
 from fedsim.errors import ConfigError
 from fedsim.plugins import describe, is_reference, resolve
+from fedsim.strategies.records import aggregate_scalar_metrics
 
 # name -> "module:Class"; imported lazily so that listing strategies stays cheap.
 REGISTRY: dict[str, str] = {

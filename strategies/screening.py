@@ -17,13 +17,14 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
 from fedsim.strategies.records import RecordView, all_finite, array_signature, records_of
 from fedsim.strategies.screening_rules import NONFINITE as NONFINITE_RULE
 from fedsim.strategies.screening_rules import reply_problem
 from fedsim.strategies.wrapper import StrategyWrapper
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
 
 log = logging.getLogger(__name__)
 

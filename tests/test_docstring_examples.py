@@ -5,15 +5,15 @@ from __future__ import annotations
 import doctest
 from pathlib import Path
 
-import fedsim.clients.losses
-import fedsim.fairness.aglfop
-import fedsim.fairness.pid
-import fedsim.strategies.principal
-import fedsim.strategies.screening_rules
 import pytest
 
 import fedsim
+import fedsim.clients.losses
+import fedsim.fairness.aglfop
+import fedsim.fairness.pid
 import fedsim.seeds
+import fedsim.strategies.principal
+import fedsim.strategies.screening_rules
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -39,7 +39,9 @@ class Plan:
 
 DEFAULT_RUN = "fedsim run scenarios/default.toml --out runs/default"
 ZSKEW_RUN = "fedsim run scenarios/aglfop-synthetic-zskew.toml --out runs/zskew"
-DEPLOY = "tests/e2e/test_deployment.py::test_deployment_with_tls_and_node_auth_matches_local_engine"
+DEPLOY = "tests/e2e/test_deployment.py::test_readme_deployment_commands_on_loopback"
+EXAMPLES = "tests/e2e/test_examples.py::test_readme_extending_commands_run_literally"
+FAIR_RUN = "fedsim run scenarios/default.toml --set fairness.enabled=true --out runs/fair"
 RAY = "tests/e2e/test_ray_engine.py::test_attaches_to_a_running_cluster"
 
 PLANS: dict[str, Plan] = {
@@ -85,16 +87,37 @@ PLANS: dict[str, Plan] = {
     ZSKEW_RUN: Plan(files=("runs/zskew/frontier.csv", "runs/zskew/summary.json")),
     "fedsim report runs/zskew": Plan(before=(ZSKEW_RUN,), files=("runs/zskew/report.html",)),
     "fedsim deploy certs ~/fedsim-deploy --hosts link.example.org,10.0.0.5": Plan(delegated=DEPLOY),
-    "fedsim deploy superlink ~/fedsim-deploy --host 0.0.0.0 --port 8000": Plan(delegated=DEPLOY),
+    "fedsim deploy superlink ~/fedsim-deploy --host 0.0.0.0 --port 8000 --local-port 9093": Plan(
+        delegated=DEPLOY
+    ),
     (
         "fedsim deploy supernode ~/fedsim-deploy --superlink link.example.org:8000 "
         "--partition-id k --num-partitions N --data-dir /data/fedsim"
     ): Plan(delegated=DEPLOY),
     (
-        "fedsim deploy run ~/fedsim-deploy scenarios/default.toml --superlink "
-        "link.example.org:8000 --set partition.num_clients=N --out /srv/fedsim/runs/default"
+        "fedsim deploy run ~/fedsim-deploy scenarios/default.toml --superlink 127.0.0.1:9093 "
+        "--set partition.num_clients=N --set rounds=2 --set round_timeout=120 "
+        "--out /srv/fedsim/runs/default"
     ): Plan(delegated=DEPLOY),
-    "fedsim deploy nodes ~/fedsim-deploy --superlink link.example.org:8000": Plan(delegated=DEPLOY),
+    "fedsim deploy nodes ~/fedsim-deploy --superlink 127.0.0.1:9093": Plan(delegated=DEPLOY),
+    "python examples/custom_model.py --rounds 2": Plan(delegated=EXAMPLES),
+    "python examples/custom_strategy.py --engine ray --rounds 2 --out runs/clipped": Plan(
+        delegated=EXAMPLES
+    ),
+    "fedsim run examples/custom_loss.toml --set rounds=2 --out runs/focal": Plan(
+        delegated=EXAMPLES
+    ),
+    "fedsim run scenarios/default.toml --vectorize --out runs/default-vmap": Plan(
+        extra=SHORT, files=("runs/default-vmap/summary.json",)
+    ),
+    FAIR_RUN: Plan(extra=SHORT, files=("runs/fair/summary.json", "runs/fair/frontier.csv")),
+    "fedsim report runs/fair --figures runs/fair/figures": Plan(
+        before=(FAIR_RUN,), files=("runs/fair/report.html", "runs/fair/figures/accuracy.svg")
+    ),
+    (
+        "fedsim run scenarios/default.toml --set strategy.name=fairfed "
+        "--set strategy.options.beta=0.5 --set rounds=3"
+    ): Plan(files=("runs/default/summary.json",), stdout="results in runs/default"),
 }
 
 

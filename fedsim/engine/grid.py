@@ -151,7 +151,7 @@ def cohort_handler(handler: Handler, contexts: dict[int, Context], scenario: Sce
     """
     # Imported here: torch.func and the cohort code load only for vectorised runs.
     from fedsim.clients.cohort import handle_train_cohort
-    from fedsim.clients.vectorized import unsupported_settings
+    from fedsim.clients.vectorized import unsupported_settings  # torch.func: start-up
 
     reason = unsupported_settings(scenario.client)
     if reason is not None:

@@ -7,6 +7,7 @@ from typing import TypedDict
 import pytest
 import torch
 import torch.nn.functional as F
+
 from fedsim.clients.attacks import (
     adversarial_comp_sum_loss,
     adversarial_smoothness_term,
@@ -16,7 +17,6 @@ from fedsim.clients.attacks import (
 from fedsim.clients.checks import Norm
 from fedsim.clients.losses import comp_sum_loss, margin_control_penalty
 from fedsim.clients.objective import LossSpec, objective
-
 from fedsim.errors import ConfigError
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+import fedsim
 from fedsim.clients.fairness_penalty import (
     demographic_parity_gap,
     equalized_odds_gap,
@@ -16,12 +18,10 @@ from fedsim.clients.fairness_penalty import (
 )
 from fedsim.clients.models import build_model
 from fedsim.clients.training import evaluate, train
-from fedsim.fairness.information import mutual_information
-from fedsim.fairness.metrics import equalized_odds_difference, statistical_parity_difference
-
-import fedsim
 from fedsim.config import ClientConfig, FairnessPenaltyConfig, load_scenario
 from fedsim.errors import ConfigError, DataError
+from fedsim.fairness.information import mutual_information
+from fedsim.fairness.metrics import equalized_odds_difference, statistical_parity_difference
 
 REPO = Path(__file__).resolve().parents[2]
 

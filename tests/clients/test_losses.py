@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from fedsim.clients.losses import (
     comp_sum_loss,
     loss_by_name,
@@ -19,9 +22,6 @@ from fedsim.clients.losses import (
 )
 from fedsim.clients.objective import LossSpec, objective
 from fedsim.clients.training import loss_spec
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from fedsim.config import LossConfig
 from fedsim.errors import ConfigError
 from tests.clients.test_attacks import _images, _model

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+import fedsim
 from fedsim.clients.models import build_model
 from fedsim.clients.objective import LossSpec, objective
 from fedsim.clients.training import evaluate, make_objective, train
-
-import fedsim
 from fedsim.config import ClientConfig, LossConfig
 
 REPO = Path(__file__).resolve().parents[2]

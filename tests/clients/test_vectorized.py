@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fedsim.clients.models import build_model
-from fedsim.clients.training import client_generator, train
-from fedsim.clients.vectorized import plugin_objective, train_cohort
 from torch import nn
 
 import fedsim
 from fedsim.cli import main
+from fedsim.clients.models import build_model
+from fedsim.clients.training import client_generator, train
+from fedsim.clients.vectorized import plugin_objective, train_cohort
 from fedsim.config import ClientConfig, LossConfig
 
 # Unequal clients with batch size 16: 0 rows, fewer rows than one batch (1, 5), a last

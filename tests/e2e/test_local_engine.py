@@ -51,9 +51,9 @@ def test_same_seed_same_weights_other_seed_other_weights() -> None:
 def test_one_client_one_epoch_fedavg_equals_plain_training() -> None:
     """FedAvg over a single client is that client's local training, round after round."""
     import torch
+
     from fedsim.clients.models import build_model
     from fedsim.clients.training import train
-
     from fedsim.config import load_scenario
     from fedsim.data import build_federated
 

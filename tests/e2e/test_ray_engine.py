@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fedsim.clients import keys
 from flwr.app import ConfigRecord, Message, RecordDict
 
 import fedsim
+from fedsim.clients import keys
 from fedsim.config import RayConfig
 from fedsim.engine._flower_compat import set_message_id
 from fedsim.engine.core import initial_arrays

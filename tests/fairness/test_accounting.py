@@ -12,17 +12,17 @@ import subprocess
 import sys
 from typing import Any
 
-import fedsim.fairness.accounting as accounting
 import numpy as np
 import pytest
+
+import fedsim.fairness.accounting as accounting
+from fedsim.errors import DataError, SolverError
 from fedsim.fairness.accounting import client_fairness, pool_counts, round_fairness
 from fedsim.fairness.information import mutual_information
 from fedsim.fairness.metrics import (
     group_accuracy,
     table_metrics,
 )
-
-from fedsim.errors import DataError, SolverError
 
 SCALARS = (
     "demographic_parity_difference",

@@ -7,14 +7,14 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from fedsim.fairness.aglfop import AGLFOPResult, frontier, solve
-from fedsim.fairness.aglfop_program import AGLFOPModel
-from fedsim.fairness.roc import roc_points
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import brentq, linprog
 
 from fedsim.errors import DataError, SolverError
+from fedsim.fairness.aglfop import AGLFOPResult, frontier, solve
+from fedsim.fairness.aglfop_program import AGLFOPModel
+from fedsim.fairness.roc import roc_points
 
 ACC_TOL = 1e-6
 FEAS_TOL = 1e-7  # bits

@@ -9,14 +9,14 @@ import fairlearn.metrics as flm
 import numpy as np
 import pandas as pd
 import pytest
+
+import fedsim
 from fedsim.fairness.client_metrics import client_fairness
 from fedsim.fairness.metrics import (
     equalized_odds_difference,
     equalized_odds_ratio,
     table_metrics,
 )
-
-import fedsim
 from tests.conftest import SMALL
 
 REPO = Path(__file__).resolve().parents[2]

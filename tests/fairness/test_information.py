@@ -6,6 +6,11 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from fedsim.errors import DataError
 from fedsim.fairness.information import (
     conditional_entropy,
     conditional_mutual_information,
@@ -13,11 +18,6 @@ from fedsim.fairness.information import (
     mutual_information,
     normalize,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
-
-from fedsim.errors import DataError
 
 
 def _binary_entropy(p: float) -> float:

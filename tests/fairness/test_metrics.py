@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from fedsim.errors import DataError
 from fedsim.fairness.metrics import (
     accuracy,
     equalized_odds_difference,
     group_accuracy,
     statistical_parity_difference,
 )
-
-from fedsim.errors import DataError
 
 # [z, y, yhat]
 HAND = np.array(

@@ -5,19 +5,19 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import fedsim.fairness.pid as pid
 import numpy as np
 import pandas as pd
 import pytest
-from fedsim.fairness.information import conditional_mutual_information, mutual_information
-from fedsim.fairness.pid import PIDResult, decompose
-from fedsim.fairness.pid_tables import decompose_counts_frame, pid_from_csv
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy.optimize import minimize
 
+import fedsim.fairness.pid as pid
 from fedsim.errors import DataError, SolverError
+from fedsim.fairness.information import conditional_mutual_information, mutual_information
+from fedsim.fairness.pid import PIDResult, decompose
+from fedsim.fairness.pid_tables import decompose_counts_frame, pid_from_csv
 
 TOL = 1e-6  # bits, for closed forms and oracles
 

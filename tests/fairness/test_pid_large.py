@@ -7,15 +7,15 @@ import subprocess
 import sys
 import textwrap
 
-import fedsim.fairness.pid as pid
 import numpy as np
 import pandas as pd
 import pytest
+
+import fedsim.fairness.pid as pid
+from fedsim.errors import SolverError
 from fedsim.fairness.information import conditional_mutual_information, mutual_information
 from fedsim.fairness.pid import BLOCK_BARRIER, LARGE_K_CLIENTS, PIDResult, decompose
 from fedsim.fairness.pid_tables import pid_from_csv
-
-from fedsim.errors import SolverError
 
 ORACLE_TOL = 1e-6  # bits: block barrier vs Clarabel
 GAP_TOL = 1e-8  # bits: the certified gap the barrier must reach

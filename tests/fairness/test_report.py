@@ -15,6 +15,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+
+import fedsim
+from fedsim import bounds, report_run
+from fedsim.cli import main
 from fedsim.fairness import plots
 from fedsim.fairness.report import (
     SECTIONS,
@@ -23,10 +27,6 @@ from fedsim.fairness.report import (
     achieved_point,
     build_report,
 )
-
-import fedsim
-from fedsim import bounds, report_run
-from fedsim.cli import main
 from tests.conftest import SMALL
 
 REPO = Path(__file__).resolve().parents[2]

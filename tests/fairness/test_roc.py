@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fedsim.fairness.roc import hull_points, roc_points, validate_roc_region
 
 from fedsim.errors import DataError
+from fedsim.fairness.roc import hull_points, roc_points, validate_roc_region
 
 SQUARE = [(0.0, 0.0), (0.0, 1.0), (1.0, 1.0), (1.0, 0.0)]
 CHANCE = [(0.0, 0.0), (1.0, 1.0)]

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from fedsim.fairness.aglfop import FRONTIER_COLUMNS
 
 import fedsim
 from fedsim import bounds
@@ -17,6 +16,7 @@ from fedsim.cli import main
 from fedsim.config import load_scenario
 from fedsim.data.federated import build_federated
 from fedsim.errors import ConfigError, DataError
+from fedsim.fairness.aglfop import FRONTIER_COLUMNS
 from tests.conftest import SMALL
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,9 +12,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
-from fedsim.clients.app import client_app, get_runtime
 from flwr.app import Message
 
+from fedsim.clients.app import client_app, get_runtime
 from fedsim.engine._flower_compat import set_message_id
 from fedsim.engine.core import execute
 from fedsim.engine.grid import InProcessGrid, local_handler, make_contexts, task_identity

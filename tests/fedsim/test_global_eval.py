@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fedsim.clients.models import build_model
 from sklearn.metrics import accuracy_score, log_loss
 
 import fedsim
+from fedsim.clients.models import build_model
 from fedsim.config import load_scenario
 from fedsim.data import build_federated
 

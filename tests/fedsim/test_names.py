@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from fedsim.clients.losses import LOSS_NAMES, loss_by_name
 
 from fedsim import runner
 from fedsim.cli import main
+from fedsim.clients.losses import LOSS_NAMES, loss_by_name
 from fedsim.config import ENGINES, LOSSES
 from fedsim.errors import ConfigError
 
@@ -41,8 +41,9 @@ def test_the_cli_rejects_an_unknown_engine_naming_every_engine(
 def test_the_cli_lists_the_configs_losses(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["list"])
-    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("losses:"))
-    assert line.startswith("losses: " + ", ".join(LOSSES) + ";")
+    out = capsys.readouterr().out.splitlines()
+    line = next(x for x in out if x.startswith("losses (client.loss.name):"))
+    assert line.startswith("losses (client.loss.name): " + ", ".join(LOSSES) + ";")
 
 
 @pytest.mark.parametrize("name", LOSSES)

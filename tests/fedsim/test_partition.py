@@ -127,6 +127,6 @@ def test_seed_streams_are_distinct_and_keep_their_numbers() -> None:
     from fedsim.seeds import Stream
 
     assert len({int(s) for s in Stream}) == len(Stream)
-    assert [int(s) for s in Stream] == [1, 2, 3, 4, 5, 6, 10, 11, 12, 13, 14, 15, 16, 17]
+    assert [int(s) for s in Stream] == [1, 2, 3, 4, 5, 6, 10, 11, 12, 13, 14, 15, 16, 17, 18]
     draws = np.random.default_rng([7, Stream.TRAIN, 2]).random(4)
     np.testing.assert_array_equal(draws, np.random.default_rng([7, 5, 2]).random(4))

@@ -205,9 +205,8 @@ def test_lr_schedule_reaches_the_clients() -> None:
 
 
 def test_strategy_reference_is_built_with_checked_options(plugin: str) -> None:
-    from fedsim.strategies.registry import build_strategy
-
     from fedsim.config import StrategyConfig
+    from fedsim.strategies.registry import build_strategy
 
     cfg = StrategyConfig(name=f"{plugin}:Tagged", options={"tag": "mine"})
     strategy = build_strategy(cfg, 3)
@@ -402,7 +401,6 @@ def test_tabular_file_mistakes_name_the_key(tmp_path: Path) -> None:
 def test_config_name_lists_agree_with_the_registries() -> None:
     from fedsim.clients.losses import resolve_tau
     from fedsim.clients.models import build_model
-
     from fedsim.config import DATASETS, LOSSES, MODELS
     from fedsim.data import REGISTRY
 

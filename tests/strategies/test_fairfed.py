@@ -7,18 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fedsim.clients import keys
-from fedsim.strategies.fairfed import FairFed
-from fedsim.strategies.fairfed_weights import fairfed_deltas, fairness_vector, update_weights
-from fedsim.strategies.registry import build_strategy
-from fedsim.strategies.state import stateful
 from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 import fedsim
+from fedsim.clients import keys
 from fedsim.config import StrategyConfig
 from fedsim.engine._flower_compat import task_identity
 from fedsim.errors import ConfigError, DataError
+from fedsim.strategies.fairfed import FairFed
+from fedsim.strategies.fairfed_weights import fairfed_deltas, fairness_vector, update_weights
+from fedsim.strategies.registry import build_strategy
+from fedsim.strategies.state import stateful
 
 REPO = Path(__file__).resolve().parents[2]
 

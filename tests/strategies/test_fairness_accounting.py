@@ -13,22 +13,22 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-import fedsim.fairness.accounting as accounting
-import fedsim.strategies.fairness_accounting as fa
 import numpy as np
 import pytest
-from fedsim.clients import keys
-from fedsim.fairness.accounting import round_fairness
-from fedsim.fairness.information import conditional_mutual_information, mutual_information
-from fedsim.fairness.metrics import PER_GROUP
-from fedsim.strategies.fairness_accounting import FairnessAccounting
 from flwr.app import ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg, FedMedian, Strategy
 from sklearn.metrics import mutual_info_score
 
 import fedsim
+import fedsim.fairness.accounting as accounting
+import fedsim.strategies.fairness_accounting as fa
+from fedsim.clients import keys
 from fedsim.engine.grid import task_identity
 from fedsim.errors import DataError, SolverError
+from fedsim.fairness.accounting import round_fairness
+from fedsim.fairness.information import conditional_mutual_information, mutual_information
+from fedsim.fairness.metrics import PER_GROUP
+from fedsim.strategies.fairness_accounting import FairnessAccounting
 
 LN2 = math.log(2)
 Samples = tuple[np.ndarray, np.ndarray, np.ndarray]  # z, y, yhat

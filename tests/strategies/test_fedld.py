@@ -14,9 +14,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fedsim.strategies.fedld import FedLD
-from fedsim.strategies.principal import aggregate_principal
-from fedsim.strategies.screening import MALFORMED, NONFINITE, USABLE, Screened
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -33,6 +30,9 @@ from fedsim.engine import _flower_compat
 from fedsim.engine._flower_compat import array_view
 from fedsim.engine.grid import InProcessGrid
 from fedsim.errors import AggregationError, ConfigError
+from fedsim.strategies.fedld import FedLD
+from fedsim.strategies.principal import aggregate_principal
+from fedsim.strategies.screening import MALFORMED, NONFINITE, USABLE, Screened
 
 
 @pytest.fixture(autouse=True)

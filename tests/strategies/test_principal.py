@@ -9,16 +9,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fedsim.strategies.principal import (
-    aggregate_principal,
-    num_directions,
-    principal_gradient,
-)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from fedsim.errors import AggregationError
+from fedsim.strategies.principal import (
+    aggregate_principal,
+    num_directions,
+    principal_gradient,
+)
 
 # ----------------------------------------------------------------------------- oracles
 

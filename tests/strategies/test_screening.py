@@ -8,21 +8,31 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flwr.app import Array, ArrayRecord
+from flwr.serverapp.strategy import FedAvg
 
 import fedsim
 from fedsim.engine.core import initial_arrays
 from tests.conftest import SMALL
 
 REPO = Path(__file__).resolve().parents[2]
-# An infinite server rate (TOML `eta = inf`) makes FedAdam's step non-finite.
-OVERFLOW = {**SMALL, "strategy.name": "fedadam", "strategy.options": {"eta": math.inf}}
+
+
+class OverflowingFedAvg(FedAvg):
+    """FedAvg whose aggregate overflows to inf (as a huge server step would)."""
+
+    def aggregate_train(self, server_round, replies):  # type: ignore[no-untyped-def]
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        if arrays is not None:
+            arrays = ArrayRecord({k: Array(v.numpy() * math.inf) for k, v in arrays.items()})
+        return arrays, metrics
 
 
 def test_nonfinite_aggregate_keeps_previous_model_counted_and_logged_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="fedsim.strategies.screening"):
-        result = fedsim.run(REPO / "scenarios/default.toml", OVERFLOW)
+        result = fedsim.run(REPO / "scenarios/default.toml", SMALL, strategy=OverflowingFedAvg)
     server = result.server_metrics()
     assert (server["train-nonfinite-aggregate"] == 1).all()
     assert (server["train-model-kept"] == 1).all()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from fedsim.strategies.screening_rules import MALFORMED, NONFINITE, is_finite, reply_problem
 
 SENT = {"w": (2, 3), "b": (2,)}

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fedsim.strategies.fedld import FedLD
-from fedsim.strategies.state import FLOWER_STATE, AttributeState, stateful
 from flwr.app import Array, ArrayRecord
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedMedian, FedYogi, QFedAvg
 
 from fedsim.errors import CheckpointError
 from fedsim.state import Stateful
+from fedsim.strategies.fedld import FedLD
+from fedsim.strategies.state import FLOWER_STATE, AttributeState, stateful
 
 MODEL = {"w": np.zeros((2, 3), dtype=np.float32), "b": np.zeros(3, dtype=np.float32)}
 
