@@ -69,10 +69,10 @@ def sweep_figure(runs: pd.DataFrame, by: Sequence[str]) -> Figure:
     """
     metrics = [m for m in SWEEP_METRICS if m in runs.columns and runs[m].notna().any()]
     grouped = runs.groupby(list(by), sort=False, dropna=False)
+    # One grid column: its values as tick labels and its name on the axis.
+    single = len(by) == 1
     labels = [
-        ", ".join(
-            f"{k}={v}" for k, v in zip(by, key if isinstance(key, tuple) else (key,), strict=True)
-        )
+        str(key) if single else ", ".join(f"{k}={v}" for k, v in zip(by, key, strict=True))
         for key in grouped.groups
     ]
     fig = Figure(figsize=(max(4.0, 3.2 * len(metrics)), 3.6), layout="constrained")
@@ -98,6 +98,8 @@ def sweep_figure(runs: pd.DataFrame, by: Sequence[str]) -> Figure:
                 )
         ax.set_xticks(x, labels, rotation=30 if len(labels) > 3 else 0, ha="right", fontsize=8)
         ax.set(ylabel=SWEEP_METRICS[metric], title=SWEEP_METRICS[metric].split(" (")[0])
+        if single:
+            ax.set_xlabel(by[0])
         ax.grid(True, axis="y", alpha=0.3)
     outside_legend(fig, axes[:1], ncols=1)
     return fig

@@ -15,12 +15,13 @@ from typing import Any
 import pandas as pd
 
 from fedsim.errors import ConfigError, DataError
+from fedsim.study import METRIC_COLUMNS
 
 __all__ = ["SWEEP_CSV", "sweep_csv", "write_figures", "write_sweep_figures"]
 
 #: A sweep folder's CSV (one row per run), as the sweep scripts name it.
 SWEEP_CSV = "runs.csv"
-_NOT_GRID = {"seed", "eval-loss", "best-eval-acc", "best-round", "wall-time-s"}
+_NOT_GRID = {"seed", *METRIC_COLUMNS}  # a sweep CSV's other columns are its grid
 
 
 def write_figures(figures: Mapping[str, Any], folder: str | Path) -> list[Path]:

@@ -42,7 +42,17 @@ GridValues = Sequence[Any] | Mapping[str, Mapping[str, Any]]
 ProgressFn = Callable[[int, int, Mapping[str, Any]], None]
 
 #: Per-run result columns of :func:`run_grid` (besides the grid columns and ``seed``).
-METRIC_COLUMNS = ("eval-acc", "eval-loss", "best-eval-acc", "best-round", "wall-time-s")
+METRIC_COLUMNS = (
+    "eval-acc",
+    "eval-loss",
+    "best-eval-acc",
+    "best-round",
+    # final-round fairness (NaN without fairness accounting): the trade-off axes
+    "global-disparity",
+    "local-disparity",
+    "demographic_parity_difference",
+    "wall-time-s",
+)
 
 
 def _expand(grid: Mapping[str, GridValues]) -> list[list[tuple[Any, dict[str, Any]]]]:
@@ -120,7 +130,9 @@ def run_grid(
     pandas.DataFrame
         One row per run: the grid columns, ``seed``, then :data:`METRIC_COLUMNS` —
         final-round ``eval-acc`` and ``eval-loss``, the best round's accuracy and
-        number, and the run's wall time in seconds. Missing metrics are NaN.
+        number, the final round's global and local disparity (bits) and demographic
+        parity difference (with fairness accounting), and the run's wall time in
+        seconds. Missing metrics are NaN.
 
     Raises
     ------
@@ -324,6 +336,11 @@ def _metrics(summary: Mapping[str, Any]) -> dict[str, float]:
         "eval-loss": float(final.get("eval-loss", math.nan)),
         "best-eval-acc": float(best.get("eval-acc", math.nan)),
         "best-round": float(best.get("round", math.nan)),
+        "global-disparity": float(final.get("global-disparity", math.nan)),
+        "local-disparity": float(final.get("local-disparity", math.nan)),
+        "demographic_parity_difference": float(
+            final.get("demographic_parity_difference", math.nan)
+        ),
     }
 
 

@@ -42,6 +42,10 @@ ZSKEW_RUN = "fedsim run scenarios/aglfop-synthetic-zskew.toml --out runs/zskew"
 DEPLOY = "tests/e2e/test_deployment.py::test_readme_deployment_commands_on_loopback"
 EXAMPLES = "tests/e2e/test_examples.py::test_readme_extending_commands_run_literally"
 FAIR_RUN = "fedsim run scenarios/default.toml --set fairness.enabled=true --out runs/fair"
+TRADEOFF = (
+    "fedsim sweep scenarios/default.toml --set client.fairness.penalty=demographic-parity "
+    "-g client.fairness.weight=0,1,4 --seeds 2 --out runs/tradeoff.csv"
+)
 RAY = "tests/e2e/test_ray_engine.py::test_attaches_to_a_running_cluster"
 
 PLANS: dict[str, Plan] = {
@@ -113,6 +117,10 @@ PLANS: dict[str, Plan] = {
     FAIR_RUN: Plan(extra=SHORT, files=("runs/fair/summary.json", "runs/fair/frontier.csv")),
     "fedsim report runs/fair --figures runs/fair/figures": Plan(
         before=(FAIR_RUN,), files=("runs/fair/report.html", "runs/fair/figures/accuracy.svg")
+    ),
+    TRADEOFF: Plan(extra=SHORT, files=("runs/tradeoff.csv",), stdout="| 4 |"),
+    "fedsim report runs/tradeoff.csv": Plan(
+        before=(TRADEOFF,), files=("runs/sweep.svg", "runs/sweep.pdf")
     ),
     (
         "fedsim run scenarios/default.toml --set strategy.name=fairfed "

@@ -140,3 +140,19 @@ def test_retina_scenario_fedld_full_smoke(data_dir: Path) -> None:
     assert result.scenario.partition.num_clients == 5
     acc = result.summary["final"]["eval-acc"]
     assert math.isfinite(acc) and acc > 0
+
+
+def test_sweep_rows_carry_the_final_fairness_of_each_run() -> None:
+    # The trade-off axes of a sweep over a fairness penalty's weight: each row's
+    # disparities are its run's final-round values.
+    import fedsim
+
+    over = {**TINY, "fairness.enabled": True, "fairness.bounds": False}
+    grid = {"client.fairness.penalty": ["demographic-parity"], "client.fairness.weight": [0.0, 2.0]}
+    runs = run_grid(REPO / "scenarios" / "default.toml", grid, [0], overrides=over)
+    for _, row in runs.iterrows():
+        cell = {**over, "client.fairness.penalty": "demographic-parity", "seed": 0}
+        cell["client.fairness.weight"] = float(row["client.fairness.weight"])
+        final = fedsim.run(REPO / "scenarios" / "default.toml", cell).summary["final"]
+        for column in ("global-disparity", "local-disparity", "demographic_parity_difference"):
+            assert row[column] == final[column], column
