@@ -1,7 +1,8 @@
 """Data of your own: a loader ``load(**options) -> {"x", "y", "sensitive", ...}``.
 
-The script writes a small table of patient records as CSV into its output folder
-(``--out``; no data is stored in the repository), then runs ``custom_dataset.toml``
+The script writes a small table of patient records as CSV beside its output folder
+(``<out>-data/patients.csv``: a run folder holds only fedsim's files; no data is stored
+in the repository), then runs ``custom_dataset.toml``
 with ``data.options.path`` pointing at it. The loader encodes the table into numpy
 arrays and hands the hospital column back as an attribute, so ``partition.method =
 "natural"`` makes one client per hospital. Without a path (``fedsim run
@@ -57,7 +58,7 @@ if __name__ == "__main__":
     from _cli import parse_args, report_line, run_example
 
     args = parse_args("custom_dataset")
-    csv = Path(args.out) / "data" / "patients.csv"
+    csv = Path(args.out).with_name(Path(args.out).name + "-data") / "patients.csv"
     csv.parent.mkdir(parents=True, exist_ok=True)
     make_table().to_csv(csv, index=False)
     result = run_example("custom_dataset", args, {"data.options.path": str(csv.resolve())})

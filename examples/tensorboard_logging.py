@@ -33,6 +33,17 @@ if __name__ == "__main__":
     from _cli import parse_args, report_line, run_example
 
     args = parse_args("tensorboard_logging")
-    with SummaryWriter(log_dir=str(Path(args.out) / "tensorboard")) as writer:
-        result = run_example("tensorboard_logging", args, progress=tensorboard_progress(writer))
-    print(report_line("tensorboard_logging", result) + f"; TensorBoard logs in {writer.log_dir}")
+    # The writer is made after fedsim has taken the run folder (a fresh run needs an
+    # empty --out); fedsim counts its tensorboard/ folder among a run folder's files.
+    logs = Path(args.out) / "tensorboard"
+    writers: list[SummaryWriter] = []
+
+    def progress(server_round: int, num_rounds: int, latest: Mapping[str, float]) -> None:
+        if not writers:
+            writers.append(SummaryWriter(log_dir=str(logs)))
+        tensorboard_progress(writers[0])(server_round, num_rounds, latest)
+
+    result = run_example("tensorboard_logging", args, progress=progress)
+    for writer in writers:
+        writer.close()
+    print(report_line("tensorboard_logging", result) + f"; TensorBoard logs in {logs}")

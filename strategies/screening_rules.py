@@ -11,7 +11,7 @@ the answer onto their own counters.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -40,7 +40,7 @@ def is_finite(values: NDArray[Any]) -> bool:
 
 def reply_problem(
     num_array_records: int,
-    metrics: list[Mapping[str, Any]],
+    metrics: Sequence[Mapping[str, Any]],
     arrays: Mapping[str, NDArray[Any]] | None,
     expected: Mapping[str, tuple[int, ...]] | None,
     weight_key: str | None = None,

@@ -69,7 +69,7 @@ PLANS: dict[str, Plan] = {
     "fedsim sweep scenarios/default.toml -g client.lr=0.01,0.1 --seeds 2 --out runs/lr.csv": Plan(
         extra=SHORT + " --set fairness.enabled=false", files=("runs/lr.csv",), stdout="| 0.1 |"
     ),
-    "fedsim list": Plan(stdout="datasets:"),
+    "fedsim list": Plan(stdout="datasets (data.dataset):"),
     "fedsim --version": Plan(stdout="fedsim "),
     (
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 flwr run . --stream "

@@ -64,6 +64,12 @@ def set_message_id(msg: Message, message_id: str) -> None:
     msg.metadata.__dict__["_message_id"] = message_id
 
 
+def set_source_node(msg: Message, node_id: int) -> None:
+    """Make ``node_id`` the source of ``msg``, as for the error replies Flower's
+    SuperLink writes itself ("node unavailable": source = the SuperLink)."""
+    msg.metadata.__dict__["_src_node_id"] = node_id
+
+
 def empty_run(run_id: int) -> Run:
     """An empty Flower ``Run`` with id ``run_id`` (what a Grid holds before ``set_run``)."""
     return Run.create_empty(run_id)

@@ -119,9 +119,16 @@ class Deadline(StrategyWrapper):
     def _complete(self, server_round: int, phase: str, replies: Iterable[Message]) -> list[Message]:
         """``replies`` plus an error reply for every message sent that got none."""
         replies = list(replies)
-        answered = {msg.metadata.src_node_id for msg in replies}
+        # The node a reply answers for is the one its message went to: an error reply
+        # made by the SuperLink ("node unavailable") has the SuperLink as its source.
+        destination = {sent.metadata.message_id: sent.metadata.dst_node_id for sent in self._sent}
+
+        def node_of(msg: Message) -> int:
+            return destination.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
+
+        answered = {node_of(msg) for msg in replies}
         for msg in replies:
-            node = msg.metadata.src_node_id
+            node = node_of(msg)
             if msg.has_error():
                 reason = str(msg.error.reason or f"error code {msg.error.code}")
                 self._fail(

@@ -83,7 +83,7 @@ def _check_model(out: Path) -> None:
 
 
 def _check_dataset(out: Path) -> None:
-    table = pd.read_csv(out / "data" / "patients.csv")
+    table = pd.read_csv(out.with_name(out.name + "-data") / "patients.csv")
     assert len(table) == 1200
     frame = pd.read_parquet(out / "metrics.parquet")
     rows = frame[frame.metric.isin(["num-examples-train", "num-examples-evaluate"])]
@@ -91,7 +91,8 @@ def _check_dataset(out: Path) -> None:
     # natural partition: one client per hospital, holding exactly that hospital's rows
     assert sorted(sizes) == sorted(table.hospital.value_counts())
     assert "global-disparity" in set(frame.metric)  # the loader's sensitive attribute
-    assert str((out / "data" / "patients.csv").resolve()) in (out / "config.toml").read_text()
+    csv = out.with_name(out.name + "-data") / "patients.csv"
+    assert str(csv.resolve()) in (out / "config.toml").read_text()
 
 
 def _check_strategy(out: Path) -> None:

@@ -12,10 +12,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
-from flwr.app import Message
+from flwr.app import Error, Message
 
 from fedsim.clients.app import client_app, get_runtime
-from fedsim.engine._flower_compat import set_message_id
+from fedsim.engine._flower_compat import set_message_id, set_source_node
 from fedsim.engine.core import execute
 from fedsim.engine.grid import InProcessGrid, local_handler, make_contexts, task_identity
 from fedsim.runner import resolve
@@ -100,3 +100,41 @@ def test_server_app_results_hold_frontier_and_failed_nodes(tmp_path: Path) -> No
         (2, "evaluate", 1),
     ]
     assert summary["failed_replies_total"] == 2
+
+
+SUPERLINK = 1  # the source of the error replies Flower's SuperLink makes itself
+
+
+class UnavailableGrid(DyingGrid):
+    """From round ``dies_in`` on, the SuperLink answers for node ``DEAD`` at once with a
+    "node unavailable" error reply whose source is the SuperLink, as Flower 1.42 does."""
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        batch = list(messages)
+        ids = list(super().push_messages(batch))
+        for msg in batch:
+            if msg.metadata.message_id.startswith("lost-"):
+                error = Message(Error(code=1, reason="Node Unavailable"), reply_to=msg)
+                set_source_node(error, SUPERLINK)
+                self._replies[msg.metadata.message_id] = error
+        return ids
+
+
+@pytest.mark.timeout(120)
+def test_superlink_error_reply_counts_once_for_the_node_it_was_sent_to() -> None:
+    scenario = resolve(
+        DEFAULT,
+        {"rounds": 3, "partition.num_clients": 2, "fairness.enabled": False, "round_timeout": 60},
+    )
+    run_config = {"scenario": scenario.to_toml(), "data-dir": ""}
+    data = get_runtime(run_config).data
+    contexts = make_contexts(1, 2, run_config)
+    grid = UnavailableGrid(contexts, local_handler(client_app, contexts), run_id=1, dies_in=2)
+    with task_identity(1):
+        execution = execute(scenario, data, grid)
+
+    failed = [(f.server_round, f.phase, f.node_id, f.partition_id) for f in execution.failed]
+    assert failed == [(r, phase, DEAD, 1) for r in (2, 3) for phase in ("train", "evaluate")]
+    assert all(f.reason == "Node Unavailable" for f in execution.failed)  # no timeout waited
+    server = {(r, m): v for r, c, m, v in execution.recorder.rows if c == "server"}
+    assert [server[(r, "train-failed-replies")] for r in (1, 2, 3)] == [0, 1, 1]

@@ -61,6 +61,18 @@ def test_message_ids_are_read_only_in_the_public_api() -> None:
         msg.metadata.message_id = "x"  # type: ignore[misc]
 
 
+def test_a_replys_source_node_can_be_set_as_the_superlink_does_and_not_publicly() -> None:
+    with compat.task_identity(run_id=4):
+        msg = Message(RecordDict(), 1001, "train")
+        compat.set_message_id(msg, "m-2")
+        reply = Message(RecordDict(), reply_to=msg)
+    assert reply.metadata.src_node_id == 1001  # a reply comes from where its message went
+    compat.set_source_node(reply, 1)
+    assert reply.metadata.src_node_id == 1 and reply.metadata.reply_to_message_id == "m-2"
+    with pytest.raises(AttributeError):
+        reply.metadata.src_node_id = 5  # type: ignore[misc]
+
+
 def test_an_empty_run_has_the_given_id() -> None:
     assert compat.empty_run(12).run_id == 12
 
