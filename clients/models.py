@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedsim.config import MODELS
+from fedsim.config import MODELS, Scenario
 from fedsim.errors import ConfigError
 from fedsim.plugins import describe, is_reference, resolve_callable
 
@@ -72,6 +72,18 @@ def build_model(
         torch.random.set_rng_state(generator_state)
 
 
+def scenario_model(scenario: Scenario, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """The scenario's model (``[model]``) for data of this shape, drawn from its seed.
+
+    The one place a run's model is built: the initial global weights, every client's
+    model, the server's global evaluation and the report's rescoring all use it.
+    """
+    cfg = scenario.model
+    return build_model(
+        cfg.name, input_shape, num_classes, cfg.hidden, scenario.seed, options=cfg.options
+    )
+
+
 def _plugin(
     ref: str, shape: tuple[int, ...], num_classes: int, options: dict[str, Any]
 ) -> nn.Module:
@@ -128,4 +140,4 @@ def _build(
     raise ConfigError(f"model.name: unknown model {name!r} (expected logreg, mlp or cnn)")
 
 
-__all__ = ["MODELS", "SmallCNN", "build_model"]
+__all__ = ["MODELS", "SmallCNN", "build_model", "scenario_model"]

@@ -100,7 +100,7 @@ def score_test_split(
     """
     import torch  # torch: start-up of `fedsim report`; only when a model is scored
 
-    from fedsim.clients.models import build_model  # torch: as above
+    from fedsim.clients.models import scenario_model  # torch: as above
 
     if not config_toml:
         raise ConfigError("report: the run folder has no config.toml to rebuild its test split")
@@ -112,7 +112,7 @@ def score_test_split(
     raw = data.raw
     if raw.num_classes != 2:
         raise DataError(f"the model-specific bound needs a binary label; {raw.num_classes} here")
-    model = build_model(sc.model.name, raw.input_shape, raw.num_classes, sc.model.hidden, sc.seed)
+    model = scenario_model(sc, raw.input_shape, raw.num_classes)  # plug-ins and options too
     try:
         weights = results.load_weights(run_dir)
         model.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})

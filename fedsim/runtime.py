@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord
 
-from fedsim.clients.models import build_model
+from fedsim.clients.models import scenario_model
 from fedsim.clients.training import check_loss, check_optimizer
 from fedsim.config import Scenario, load_scenario, loads_scenario
 from fedsim.data import FederatedData, build_federated
@@ -128,14 +128,8 @@ def get_runtime(run_config: dict) -> ClientRuntime:
                 scenario.evaluation,
             )
             device = resolve_device(scenario.device)
-            model = build_model(
-                scenario.model.name,
-                data.raw.input_shape,
-                data.raw.num_classes,
-                scenario.model.hidden,
-                scenario.seed,
-                options=scenario.model.options,
-            ).to(device)
+            model = scenario_model(scenario, data.raw.input_shape, data.raw.num_classes)
+            model = model.to(device)
             check_loss(scenario.client.loss, data.raw.num_classes)  # plug-ins fail here,
             check_optimizer(scenario.client)  # before any training
             _runtimes[key] = ClientRuntime(scenario, data, model, device)

@@ -21,7 +21,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedsim.clients import keys
-from fedsim.clients.models import build_model
+from fedsim.clients.models import scenario_model
 from fedsim.config import Scenario
 from fedsim.data import FederatedData
 from fedsim.engine.deadline import Deadline, FailedReply
@@ -78,15 +78,7 @@ class RunRecorder:
 
 def initial_arrays(scenario: Scenario, data: FederatedData) -> ArrayRecord:
     """The global model's starting weights, drawn from the scenario seed."""
-    raw = data.raw
-    model = build_model(
-        scenario.model.name,
-        raw.input_shape,
-        raw.num_classes,
-        scenario.model.hidden,
-        scenario.seed,
-        options=scenario.model.options,
-    )
+    model = scenario_model(scenario, data.raw.input_shape, data.raw.num_classes)
     return ArrayRecord(model.state_dict())
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from flwr.app import ArrayRecord
 
-from fedsim.clients.models import build_model
+from fedsim.clients.models import scenario_model
 from fedsim.clients.training import evaluate
 from fedsim.config import Scenario
 from fedsim.data import FederatedData
@@ -33,14 +33,7 @@ def global_evaluator(scenario: Scenario, data: FederatedData) -> GlobalEvaluator
     raw = data.raw
     x, y, z = data.global_test
     xt, yt = torch.as_tensor(x), torch.as_tensor(y)
-    model = build_model(
-        scenario.model.name,
-        raw.input_shape,
-        raw.num_classes,
-        scenario.model.hidden,
-        scenario.seed,
-        options=scenario.model.options,
-    )
+    model = scenario_model(scenario, raw.input_shape, raw.num_classes)
 
     def evaluate_arrays(arrays: ArrayRecord) -> dict[str, float]:
         model.load_state_dict(arrays.to_torch_state_dict())

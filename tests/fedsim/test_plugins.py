@@ -421,3 +421,25 @@ def test_fedsim_list_shows_builtins_and_every_plugin_signature() -> None:
         assert f'or {key} = "package.module:attr": {signature}' in proc.stdout
     for name in ("shard", "natural", "fairfed", "fedld", "csv/parquet", "logreg", "gce"):
         assert name in proc.stdout
+
+
+def test_report_rescoring_rebuilds_a_plugin_model_with_its_options(
+    plugin: str, tmp_path: Path
+) -> None:
+    # One place builds a run's model (clients.models.scenario_model); the report's
+    # model-specific bound used to rebuild the default width and fail to load weights.
+    from fedsim.model_bound import score_test_split
+
+    over = {
+        **SMALL,
+        "fairness.enabled": True,
+        "fairness.bounds": False,
+        "model.name": f"{plugin}:make_net",
+        "model.options": {"width": 5},
+    }
+    run = tmp_path / "run"
+    result = fedsim.run(DEFAULT, over, out=run)
+    scored = score_test_split(run, (run / "config.toml").read_text())
+    assert result.arrays["1.weight"].shape == (5, 20)
+    rescored = float(np.mean((scored.scores > 0) == scored.labels))  # score: logit 1 - 0
+    assert abs(rescored - result.summary["final"]["eval-acc"]) < 1e-6
