@@ -41,7 +41,6 @@ LAYERS: dict[str, int] = {
     "fedsim.clients.checks": BASE,
     "fedsim.strategies": BASE,
     "fedsim.fairness": BASE,
-    "fedsim.fairness.tables": BASE,
     "fedsim.clients.losses": PURE,
     "fedsim.clients.attacks": PURE,
     "fedsim.clients.objective": PURE,
