@@ -339,3 +339,8 @@ def test_lazy_project_imports_say_why_they_are_lazy(name: str) -> None:
         f"why (one of {', '.join(LAZY_REASONS)}) on the line or the line above, or move to "
         "module level"
     )
+
+
+def test_every_layer_entry_names_a_module_that_exists() -> None:
+    stale = sorted(name for name in LAYERS if name not in MODULES)
+    assert not stale, f"LAYERS names modules that do not exist: {stale}"
