@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from flwr.app import ArrayRecord
@@ -18,8 +17,6 @@ from fedsim.engine.grid import (
     task_identity,
 )
 from fedsim.runtime import get_runtime
-
-log = logging.getLogger(__name__)
 
 
 def run_local(
